@@ -1,0 +1,5 @@
+import sys
+
+from sdmae.cli import main
+
+sys.exit(main())

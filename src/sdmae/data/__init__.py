@@ -1,0 +1,1 @@
+"""Data: tile sources, per-sample-seeded augmentation, the global-batch loader."""

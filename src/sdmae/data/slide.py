@@ -1,0 +1,94 @@
+"""Whole-slide images through OpenSlide: tissue detection on a thumbnail and a grid of tissue tiles."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from sdmae.errors import UsageError
+
+SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif"}
+
+
+def open_slide(path: str | Path):
+    import openslide
+
+    try:
+        return openslide.OpenSlide(str(path))
+    except Exception as e:  # OpenSlideUnsupportedFormatError, OpenSlideError, OSError
+        raise UsageError(f"cannot open slide {path}: {e}") from e
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of uint8 values (maximises the between-class variance)."""
+    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    p = hist / max(hist.sum(), 1)
+    omega = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(256))
+    between = (mu[-1] * omega - mu) ** 2 / np.clip(omega * (1 - omega), 1e-12, None)
+    return float(np.argmax(between))
+
+
+def tissue_mask(thumbnail: Image.Image) -> np.ndarray:
+    """Tissue = saturated pixels (Otsu on the HSV saturation), which leaves out white glass and grey dust."""
+    sat = np.asarray(thumbnail.convert("RGB").convert("HSV"))[..., 1]
+    thr = max(otsu_threshold(sat), 15.0)
+    return sat > thr
+
+
+@dataclass(frozen=True)
+class Tile:
+    x: int  # level-0 pixel coordinates of the tile's top-left corner
+    y: int
+    level: int
+    read_size: int  # pixels read at `level`, resized to the tile size
+    mpp: Optional[float]
+
+
+def choose_level(slide, size: int, mpp: Optional[float], level: int) -> tuple[int, int, Optional[float]]:
+    """(level to read, pixels to read there, resulting mpp) for tiles of `size` px at `mpp` (or at `level`)."""
+    base = slide.properties.get("openslide.mpp-x")
+    base_mpp = float(base) if base else None
+    if mpp is None:
+        if not 0 <= level < slide.level_count:
+            raise UsageError(f"data.level {level} does not exist (slide has {slide.level_count} levels)")
+        ds = slide.level_downsamples[level]
+        return level, size, base_mpp * ds if base_mpp else None
+    if base_mpp is None:
+        raise UsageError("data.mpp is set but the slide does not record its microns per pixel; use data.level")
+    factor = mpp / base_mpp  # level-0 pixels per output pixel
+    best = max((i for i, d in enumerate(slide.level_downsamples) if d <= factor * 1.01), default=0)
+    read = int(round(size * factor / slide.level_downsamples[best]))
+    return best, read, mpp
+
+
+def tissue_tiles(slide, size: int, mpp: Optional[float] = None, level: int = 0,
+                 tissue_min: float = 0.5) -> list[Tile]:
+    """Non-overlapping tiles whose tissue fraction (on a thumbnail mask) is at least `tissue_min`."""
+    lvl, read, out_mpp = choose_level(slide, size, mpp, level)
+    W, H = slide.dimensions
+    step = int(round(read * slide.level_downsamples[lvl]))  # tile side in level-0 pixels
+    scale = max(W, H) / 1024
+    thumb = slide.get_thumbnail((max(1, int(W / scale)), max(1, int(H / scale))))
+    mask = tissue_mask(thumb)
+    sy, sx = mask.shape[0] / H, mask.shape[1] / W
+    tiles = []
+    for y in range(0, H - step + 1, step):
+        for x in range(0, W - step + 1, step):
+            m = mask[int(y * sy): max(int((y + step) * sy), int(y * sy) + 1),
+                     int(x * sx): max(int((x + step) * sx), int(x * sx) + 1)]
+            if m.size and m.mean() >= tissue_min:
+                tiles.append(Tile(x, y, lvl, read, out_mpp))
+    return tiles
+
+
+def read_tile(slide, tile: Tile, size: int) -> Image.Image:
+    img = slide.read_region((tile.x, tile.y), tile.level, (tile.read_size, tile.read_size))
+    bg = Image.new("RGB", img.size, (255, 255, 255))
+    bg.paste(img, mask=img.split()[3])  # transparent (outside the scanned area) -> white
+    if tile.read_size != size:
+        bg = bg.resize((size, size), Image.BILINEAR)
+    return bg

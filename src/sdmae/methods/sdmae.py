@@ -1,0 +1,77 @@
+"""SD-MAE: MAE plus self-distillation on visible tokens (decoder features teach encoder features)."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from sdmae.config import Config
+from sdmae.methods.mae import MAE
+from sdmae.models import DINOHead
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, student_temp: float,
+                      teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_sd = mean_batch(-sum_k P_k log q_k), P = softmax((t - c) / tau_t), log q = log_softmax(s / tau_s).
+
+    Returns (loss, P, log q)."""
+    probs = F.softmax((teacher - center) / teacher_temp, dim=-1)
+    log_q = F.log_softmax(student / student_temp, dim=-1)
+    return -(probs * log_q).sum(dim=-1).mean(), probs, log_q
+
+
+@torch.no_grad()
+def collapse_signals(probs: torch.Tensor, log_q: torch.Tensor) -> dict:
+    """Teacher entropy, student entropy and KL(teacher || student), batch means: a collapsing branch shows a
+    teacher entropy at 0 (one-hot) or at log K (uniform)."""
+    log_p = torch.log(probs.clamp_min(1e-12))
+    q = log_q.exp()
+    return {
+        "teacher_entropy": -(probs * log_p).sum(-1).mean(),
+        "student_entropy": -(q * log_q).sum(-1).mean(),
+        "kl": (probs * (log_p - log_q)).sum(-1).mean(),
+    }
+
+
+class SDMAE(MAE):
+    name = "sdmae"
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        m, s = cfg.model, cfg.method
+        self.student_head = DINOHead(self.encoder.embed_dim, m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim)
+        self.teacher_head = DINOHead(m.decoder_dim, m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim)
+        self.register_buffer("center", torch.zeros(1, m.head_out_dim))
+        self.s = s
+
+    @torch.no_grad()
+    def update_center(self, values: torch.Tensor) -> None:
+        """c <- m c + (1 - m) mean over the global batch (all-reduced across processes)."""
+        total = values.float().sum(dim=0, keepdim=True)
+        count = torch.tensor(float(values.shape[0]), device=values.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        self.center.mul_(self.s.center_momentum).add_(total / count, alpha=1 - self.s.center_momentum)
+
+    def forward(self, batch: dict) -> dict:
+        images, mask = batch["image"], batch["mask"]
+        z, h, pred, _, ids_mask = self.encode_decode(images, mask)
+        with torch.no_grad():
+            target = self.targets(images, ids_mask)
+        loss_rec = F.mse_loss(pred.float(), target.float())
+        out = {"loss_rec": loss_rec.detach()}
+        if self.s.p == 0:
+            out["loss"] = loss_rec
+            return out
+        if self.s.teacher_stop_grad:
+            h = h.detach()
+        student = self.student_head.forward_mean(z, self.s.head_shortcut).float()
+        teacher = self.teacher_head.forward_mean(h, self.s.head_shortcut).float()
+        loss_sd, probs, log_q = distillation_loss(student, teacher, self.center, self.s.student_temp,
+                                                  self.s.teacher_temp)
+        self.update_center(probs if self.s.center_on == "probs" else teacher)
+        out["loss"] = self.s.p * loss_sd + (1 - self.s.p) * loss_rec
+        out["loss_sd"] = loss_sd.detach()
+        out.update(collapse_signals(probs.detach(), log_q.detach()))
+        return out

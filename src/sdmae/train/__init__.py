@@ -1,0 +1,1 @@
+"""Training: the method-agnostic loop, optimiser and schedule, checkpoints, distributed set-up, logging."""

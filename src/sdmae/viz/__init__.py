@@ -1,0 +1,1 @@
+"""Pictures: reconstructions (more in later modules)."""
