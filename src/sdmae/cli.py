@@ -34,7 +34,18 @@ def add_pretrain(sub) -> None:
     p.set_defaults(run=run)
 
 
-COMMANDS = [add_pretrain]
+# `sdmae eval PROTOCOL ...`: each entry adds one protocol's parser to the eval group.
+EVAL_COMMANDS: list = []
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate an encoder (linear, knn, fewshot, finetune, segment, detect)")
+    group = p.add_subparsers(dest="protocol", required=True, parser_class=Parser)
+    for add in EVAL_COMMANDS:
+        add(group)
+
+
+COMMANDS = [add_pretrain, add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -157,6 +157,8 @@ def _pretrain(cfg: Config, data, out: Path, env: D.Dist) -> dict:
         for batch in loader:
             batch = move_batch(batch, device, cfg)
             last_micro = (micro + 1) % accum == 0
+            if micro % accum == 0 and hasattr(method, "set_progress"):
+                method.set_progress(step, total, steps_per_epoch)  # schedules inside a method (momentum, temperature)
             sync = contextlib.nullcontext() if last_micro or env.world == 1 else model.no_sync()
             with sync, autocast(precision, device):
                 res = fwd(batch)
@@ -173,9 +175,13 @@ def _pretrain(cfg: Config, data, out: Path, env: D.Dist) -> dict:
             if cfg.optim.clip_grad:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
+            if hasattr(method, "before_optimizer_step"):
+                method.before_optimizer_step(step, steps_per_epoch)  # e.g. DINO freezes its last layer early on
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
+            if hasattr(method, "after_optimizer_step"):
+                method.after_optimizer_step(step, total)  # e.g. EMA teacher update
             step += 1
             images_done += global_batch
             epoch = (step - 1) // steps_per_epoch

@@ -1,0 +1,60 @@
+"""Shared fixtures: where the licensed test data lives (skip with a reason when it is absent)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("SDMAE_TEST_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _need(sub: str) -> Path:
+    p = DATA / sub
+    if not p.exists():
+        pytest.skip(f"test data {p} is absent (set SDMAE_TEST_DATA to the shared data folder)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    return _need("")
+
+
+@pytest.fixture(scope="session")
+def pcam_train() -> Path:
+    return _need("pcam_ai4all_jpeg/train")
+
+
+@pytest.fixture(scope="session")
+def pcam_test() -> Path:
+    return _need("pcam_ai4all_jpeg/test")
+
+
+@pytest.fixture(scope="session")
+def kather() -> Path:
+    return _need("kather2016_crc_texture_subset")
+
+
+@pytest.fixture(scope="session")
+def monuseg() -> Path:
+    return _need("monuseg_subset")
+
+
+@pytest.fixture(scope="session")
+def sample_slide() -> Path:
+    from sdmae.data.sources import SAMPLE_SLIDE
+
+    return SAMPLE_SLIDE
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """--set overrides for a model small enough for CPU tests."""
+    return ["model.name=vit_tiny_patch16", "model.img_size=32", "model.decoder_depth=1",
+            "model.head_hidden_dim=64", "model.head_bottleneck_dim=32", "model.head_out_dim=128",
+            "data.batch_size=4", "data.num_workers=0", "train.device=cpu", "train.seed=0"]
