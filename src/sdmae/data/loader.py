@@ -8,19 +8,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sdmae.data.sources import UnreadableTile
-from sdmae.data.transforms import sample_generator
+from sdmae.config import AugConfig
+from sdmae.data.base import UnreadableTile
+from sdmae.data.transforms import DeviceTile, sample_generator
+
+
+def crop_on_device(source, aug: AugConfig, device: torch.device) -> bool:
+    """Whether workers hand fixed-size uint8 tiles to the device for cropping (`data.aug.crop_on`)."""
+    if source.tile_shape is None or aug.crop_on == "workers":
+        return False
+    return aug.crop_on == "device" or device.type == "cuda"
 
 
 class PretrainDataset(Dataset):
     """Items are addressed by (epoch, index); all of a sample's randomness comes from that pair and the seed.
 
-    An unreadable item is replaced by the next readable one (deterministically) and reported once, so a
-    broken file never stops a long run.
+    With `arrays`, fixed-size tiles are cropped on the device (`data.transforms.DeviceTile`). An
+    unreadable item is replaced by the next readable one (deterministically) and reported once, so a broken
+    file never stops a long run.
     """
 
-    def __init__(self, source, sample_fn: Callable, seed: int):
-        self.source, self.sample_fn, self.seed = source, sample_fn, seed
+    def __init__(self, source, sample_fn: Callable, seed: int, arrays: bool = False):
+        self.source, self.sample_fn, self.seed, self.arrays = source, sample_fn, seed, arrays
         self.reported: set[str] = set()
 
     def __len__(self) -> int:
@@ -32,7 +41,11 @@ class PretrainDataset(Dataset):
         for k in range(n):
             j = (index + k) % n
             try:
-                img = self.source.read(j)
+                if self.source.tile_shape is None:
+                    img = self.source.read(j)
+                else:  # fixed-size tiles travel as arrays, never through PIL
+                    img = self.source.read_array(j)
+                    img = img.view(DeviceTile) if self.arrays else img
                 break
             except UnreadableTile as e:
                 if e.path not in self.reported:
@@ -79,5 +92,7 @@ class GlobalBatchSampler:
 
 
 def build_loader(dataset: PretrainDataset, sampler: GlobalBatchSampler, num_workers: int, pin: bool) -> DataLoader:
+    # Its own generator: creating an iterator must not draw from the global RNG, whose state is checkpointed.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                      generator=torch.Generator().manual_seed(dataset.seed))

@@ -1,6 +1,7 @@
 """Whole-slide images through OpenSlide: tissue detection on a thumbnail and a grid of tissue tiles."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -8,9 +9,12 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from sdmae.data.base import Source, UnreadableTile
 from sdmae.errors import UsageError
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif"}
+# suffixes that are always slides (a .tif in a folder of tiles is a tile)
+SLIDE_ONLY_SUFFIXES = SLIDE_SUFFIXES - {".tif", ".tiff"}
 
 
 def open_slide(path: str | Path):
@@ -92,3 +96,38 @@ def read_tile(slide, tile: Tile, size: int) -> Image.Image:
     if tile.read_size != size:
         bg = bg.resize((size, size), Image.BILINEAR)
     return bg
+
+
+class SlideSource(Source):
+    """Tissue tiles of one whole-slide image, cut on the fly. The OpenSlide handle opens once per process."""
+
+    def __init__(self, path: str | Path, size: int, mpp: Optional[float] = None, level: int = 0,
+                 tissue_min: float = 0.5):
+        self.file = str(path)
+        self.size = size
+        self.tile_shape = (size, size)
+        self.tiles = tissue_tiles(open_slide(path), size, mpp, level, tissue_min)
+        if not self.tiles:
+            raise UsageError(f"no tissue tiles of {size} px found in slide {path}")
+        self._slide = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_slide"] = None
+        return state
+
+    def read(self, i: int) -> Image.Image:
+        if self._slide is None or self._pid != os.getpid():
+            self._slide, self._pid = open_slide(self.file), os.getpid()
+        try:
+            return read_tile(self._slide, self.tiles[i], self.size)
+        except Exception as e:
+            raise UnreadableTile(self.path(i), f"{type(e).__name__}: {e}") from e
+
+    def path(self, i: int) -> str:
+        t = self.tiles[i]
+        return f"{self.file}#x={t.x},y={t.y},level={t.level}"

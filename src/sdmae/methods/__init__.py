@@ -7,7 +7,7 @@ import torch.nn as nn
 from sdmae.config import Config
 from sdmae.errors import UsageError
 
-METHODS = ("sdmae", "mae")
+METHODS = ("sdmae", "mae", "mocov3", "dino")
 
 
 def build_method(cfg: Config) -> nn.Module:
@@ -18,4 +18,10 @@ def build_method(cfg: Config) -> nn.Module:
     if name == "mae":
         from sdmae.methods.mae import MAE
         return MAE(cfg)
+    if name == "mocov3":
+        from sdmae.methods.mocov3 import MoCoV3
+        return MoCoV3(cfg)
+    if name == "dino":
+        from sdmae.methods.dino import DINO
+        return DINO(cfg)
     raise UsageError(f"unknown method '{name}' (known: {', '.join(METHODS)})")

@@ -6,6 +6,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sdmae.config import Config
+from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.mae import MAE
 from sdmae.models import DINOHead
 
@@ -18,19 +19,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, center: torc
     probs = F.softmax((teacher - center) / teacher_temp, dim=-1)
     log_q = F.log_softmax(student / student_temp, dim=-1)
     return -(probs * log_q).sum(dim=-1).mean(), probs, log_q
-
-
-@torch.no_grad()
-def collapse_signals(probs: torch.Tensor, log_q: torch.Tensor) -> dict:
-    """Teacher entropy, student entropy and KL(teacher || student), batch means: a collapsing branch shows a
-    teacher entropy at 0 (one-hot) or at log K (uniform)."""
-    log_p = torch.log(probs.clamp_min(1e-12))
-    q = log_q.exp()
-    return {
-        "teacher_entropy": -(probs * log_p).sum(-1).mean(),
-        "student_entropy": -(q * log_q).sum(-1).mean(),
-        "kl": (probs * (log_p - log_q)).sum(-1).mean(),
-    }
 
 
 class SDMAE(MAE):
@@ -64,14 +52,14 @@ class SDMAE(MAE):
         if self.s.p == 0:
             out["loss"] = loss_rec
             return out
-        if self.s.teacher_stop_grad:
-            h = h.detach()
         student = self.student_head.forward_mean(z, self.s.head_shortcut).float()
         teacher = self.teacher_head.forward_mean(h, self.s.head_shortcut).float()
+        if self.s.teacher_stop_grad:  # paper text / DINO: no gradient through the teacher branch at all
+            teacher = teacher.detach()
         loss_sd, probs, log_q = distillation_loss(student, teacher, self.center, self.s.student_temp,
                                                   self.s.teacher_temp)
         self.update_center(probs if self.s.center_on == "probs" else teacher)
         out["loss"] = self.s.p * loss_sd + (1 - self.s.p) * loss_rec
         out["loss_sd"] = loss_sd.detach()
-        out.update(collapse_signals(probs.detach(), log_q.detach()))
+        out.update(collapse_stats(probs.detach(), log_q.detach(), z.detach().mean(dim=1)))
         return out

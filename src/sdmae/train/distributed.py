@@ -1,14 +1,24 @@
-"""Process-group set-up for torchrun: NCCL on GPUs, gloo on CPUs, chosen automatically."""
+"""Process-group set-up for torchrun (NCCL on GPUs, gloo on CPUs, chosen automatically), and the rules that keep a
+multi-process run from hanging: a failing rank shows its error once and leaves at once; a stop request
+(SIGTERM / Ctrl-C) is agreed on by all ranks at the same step."""
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
 import os
+import signal
+import sys
+import traceback
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from sdmae.errors import UsageError
+from sdmae.errors import SdmaeError, UsageError
+
+TIMEOUT_ENV = "SDMAE_DIST_TIMEOUT"  # seconds a collective may wait before the run fails (default 600)
 
 
 @dataclass
@@ -17,6 +27,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    control: Any = None  # a gloo group for small host-side agreements (stop flags), whatever the main backend
 
     @property
     def main(self) -> bool:
@@ -31,18 +42,32 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def env_world() -> tuple[int, int]:
+    """(rank, world size) as torchrun set them in the environment."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def timeout() -> datetime.timedelta:
+    raw = os.environ.get(TIMEOUT_ENV, "600")
+    try:
+        return datetime.timedelta(seconds=float(raw))
+    except ValueError:
+        raise UsageError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+
+
 def setup(device_name: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    """Joins the process group torchrun describes in the environment (a no-op in a single process)."""
+    rank, world = env_world()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local)
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        timeout = datetime.timedelta(seconds=int(os.environ.get("SDMAE_DIST_TIMEOUT", "600")))
-        dist.init_process_group(backend, timeout=timeout)
-    return Dist(rank, world, local, device)
+    control = None
+    if world > 1:
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout())
+        control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return Dist(rank, world, local, device, control)
 
 
 def cleanup() -> None:
@@ -53,3 +78,107 @@ def cleanup() -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def agreed_max(env: Dist, value: int) -> int:
+    """The largest `value` over all ranks (every rank must call this at the same point)."""
+    if env.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=env.control)
+    return int(t.item())
+
+
+def mean_across(env: Dist, values: dict) -> dict:
+    """Per-rank scalar tensors -> their means over all ranks, as floats (one all-reduce)."""
+    keys = sorted(values)
+    t = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    if env.world > 1:
+        dist.all_reduce(t)
+        t /= env.world
+    return dict(zip(keys, t.tolist()))
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints at the next step boundary (once all ranks agree) and
+    exits. A second signal stops at once. `signum` is the first signal received (0: none)."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old: dict = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _detached_worker(worker_id: int, chained=None) -> None:
+    os.setpgrp()
+    if chained is not None:
+        chained(worker_id)
+
+
+def detach_workers(loader) -> None:
+    """Puts the DataLoader's worker processes in their own process group. torchrun forwards SIGTERM / SIGINT to
+    each rank's whole process group, and a terminal's Ctrl-C reaches the foreground group: a worker killed
+    that way makes the rank fail mid-step instead of checkpointing. Detached workers are still ended by their
+    parent (and end themselves when it dies)."""
+    loader.worker_init_fn = functools.partial(_detached_worker, chained=loader.worker_init_fn)
+
+
+def _first_report() -> bool:
+    """Whether this rank is the first of the run to report a failure (a counter in torchrun's store)."""
+    rank, _ = env_world()
+    if not (dist.is_available() and dist.is_initialized()):
+        return rank == 0  # before the group exists, failures come from the shared inputs: rank 0 speaks
+    try:
+        return dist.distributed_c10d._get_default_store().add("sdmae/failures", 1) == 1
+    except Exception:
+        return True  # no store to agree on: better shown twice than never
+
+
+def exit_code(e: BaseException) -> int:
+    if isinstance(e, SdmaeError):
+        return e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        return 130
+    if isinstance(e, SystemExit):
+        return e.code if isinstance(e.code, int) else 1
+    return 1
+
+
+@contextlib.contextmanager
+def fail_fast(command: str):
+    """In a multi-process run, an exception on any rank ends that rank at once with a non-zero code (os._exit:
+    no rank waits in a collective, an interpreter shutdown or a process-group teardown), and the error is
+    printed by the first rank to fail only. The other ranks then fail in their next collective (or after
+    SDMAE_DIST_TIMEOUT) and are ended by torchrun. A single process raises as usual."""
+    try:
+        yield
+    except BaseException as e:
+        rank, world = env_world()
+        if world == 1 or (isinstance(e, SystemExit) and e.code in (0, None)):
+            raise
+        code = exit_code(e)
+        if _first_report():
+            if isinstance(e, KeyboardInterrupt):
+                text = f"sdmae {command}: interrupted\n"
+            elif isinstance(e, SdmaeError):
+                text = f"sdmae {command}: error: {e}\n"
+            else:
+                text = f"sdmae {command}: error on rank {rank}:\n{traceback.format_exc()}"
+            sys.stderr.write(text)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+

@@ -1,9 +1,10 @@
-"""The pre-training loop. It knows nothing about the method: it feeds batches, steps the optimiser, logs the
-parts the method returns and checkpoints everything needed to resume exactly."""
+"""The pre-training loop. It knows nothing about the method: it feeds batches, runs the shared optimiser step
+(`sdmae.train.step`), logs the parts the method returns (averaged over processes) and checkpoints everything
+needed to resume exactly. Under torchrun it trains one shard of every global batch per process (rank 0 alone
+logs and writes checkpoints; every rank resumes from them)."""
 from __future__ import annotations
 
-import contextlib
-import signal
+import math
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from sdmae import __version__
 from sdmae.config import DEMO_RECIPE, Config, diff_training_keys, dump_yaml, load_config, to_dict
 from sdmae.data.batch import finish_images
-from sdmae.data.loader import GlobalBatchSampler, PretrainDataset, build_loader
+from sdmae.data.check import drop_unreadable
+from sdmae.data.loader import GlobalBatchSampler, PretrainDataset, build_loader, crop_on_device
 from sdmae.data.sources import open_sources
 from sdmae.data.transforms import sample_generator
 from sdmae.errors import SdmaeError, UsageError
@@ -24,20 +26,7 @@ from sdmae.train import distributed as D
 from sdmae.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from sdmae.train.logger import RunLogger, truncate_log
 from sdmae.train.optim import build_optimizer, lr_at
-
-AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_precision(cfg: Config, device: torch.device) -> str:
-    if cfg.train.precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return cfg.train.precision
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP[precision])
+from sdmae.train.step import Stepper, autocast, compile_blocks, resolve_precision  # noqa: F401 (autocast: sdmae.embed)
 
 
 def resume_state(out: Path, cfg: Config) -> Optional[dict]:
@@ -54,41 +43,22 @@ def resume_state(out: Path, cfg: Config) -> Optional[dict]:
 
 
 def move_batch(batch: dict, device: torch.device, cfg: Config) -> dict:
+    """Moves tensors to the device and normalises every uint8 image field (..., 3, H, W): "image", or a
+    multi-view method's "views" / "local"."""
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    out["image"] = finish_images(out["image"], cfg.data.aug)
+    for k, v in out.items():
+        if torch.is_tensor(v) and v.dtype == torch.uint8 and v.ndim >= 4 and v.shape[-3] == 3:
+            out[k] = finish_images(v, cfg.data.aug, out.get(f"{k}_aug"))
     return out
 
 
-class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary and exits."""
-
-    def __init__(self):
-        self.flag = False
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.flag:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.flag = True
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def pretrain(cfg: Config, data: Optional[Sequence[str]], out_dir: str) -> dict:
-    """Runs (or resumes) pre-training into `out_dir`; returns a summary dict."""
-    out = Path(out_dir)
+    """Runs (or resumes) pre-training into `out_dir`; returns a summary dict. An exception leaves the process
+    group as it is: in a multi-process run `D.fail_fast` ends the process without waiting on the others."""
     env = D.setup(cfg.train.device)
-    try:
-        return _pretrain(cfg, data, out, env)
-    finally:
-        D.cleanup()
+    summary = _pretrain(cfg, data, Path(out_dir), env)
+    D.cleanup()
+    return summary
 
 
 def _pretrain(cfg: Config, data, out: Path, env: D.Dist) -> dict:
@@ -96,10 +66,11 @@ def _pretrain(cfg: Config, data, out: Path, env: D.Dist) -> dict:
     ckpt = resume_state(out, cfg)
     precision = resolve_precision(cfg, device)
 
-    source = open_sources(data, cfg.data)
+    source = drop_unreadable(open_sources(data, cfg.data), cfg.data, out, env.main)  # strict: stops here
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg).to(device)
-    dataset = PretrainDataset(source, method.sample_fn(), cfg.train.seed)
+    dataset = PretrainDataset(source, method.sample_fn(), cfg.train.seed,
+                              arrays=crop_on_device(source, cfg.data.aug, device))
 
     accum = cfg.optim.accum_steps
     global_batch = cfg.data.batch_size * env.world * accum
@@ -129,12 +100,14 @@ def _pretrain(cfg: Config, data, out: Path, env: D.Dist) -> dict:
         (out / "config.yaml").write_text(dump_yaml(cfg))
         truncate_log(out / "log.jsonl", step)
 
-    model = method
+    if cfg.train.compile:
+        compile_blocks(method)
+    ddp = None
     if env.world > 1:
         unused = cfg.method.name == "sdmae" and cfg.method.p == 0
-        model = DDP(method, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=unused)
-    fwd = torch.compile(model) if cfg.train.compile else model
+        ddp = DDP(method, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=unused)
+    stepper = Stepper(method, opt, scaler, precision, device, accum, cfg.optim.clip_grad, ddp)
 
     def save(name: str, epoch: int) -> None:
         if not env.main:
@@ -147,68 +120,64 @@ def _pretrain(cfg: Config, data, out: Path, env: D.Dist) -> dict:
     sampler = GlobalBatchSampler(len(dataset), cfg.data.batch_size, env.world, env.rank, cfg.train.seed,
                                  start=step * accum, total=total * accum)
     loader = build_loader(dataset, sampler, cfg.data.num_workers, pin=device.type == "cuda")
+    D.detach_workers(loader)
+    monitor = None
+    if env.main and cfg.train.knn_every:  # kNN accuracy on a small labelled set (sdmae.eval.monitor)
+        from sdmae.eval.monitor import KnnMonitor
+
+        monitor = KnnMonitor(cfg, device)
     logger = RunLogger(out, total, step, env.main, cfg.train.tensorboard)
     method.train()
     parts: dict = {}
     micro = 0
     t0, images_done = time.perf_counter(), 0
-    stopped = False
-    with StopRequest() as stop:
+    signum, saved_at = 0, step
+    with D.StopRequest() as stop:
         for batch in loader:
             batch = move_batch(batch, device, cfg)
-            last_micro = (micro + 1) % accum == 0
             if micro % accum == 0 and hasattr(method, "set_progress"):
                 method.set_progress(step, total, steps_per_epoch)  # schedules inside a method (momentum, temperature)
-            sync = contextlib.nullcontext() if last_micro or env.world == 1 else model.no_sync()
-            with sync, autocast(precision, device):
-                res = fwd(batch)
-                loss = res["loss"] / accum
-            scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
+            last_micro = (micro + 1) % accum == 0
+            res = stepper.forward_backward(batch, last_micro)
             for k, v in res.items():
                 parts[k] = parts.get(k, 0.0) + v.detach().float() / accum
             micro += 1
             if not last_micro:
                 continue
             lr = lr_at(step, total, warmup, peak_lr, cfg.optim.min_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            if cfg.optim.clip_grad:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.clip_grad)
-            if hasattr(method, "before_optimizer_step"):
-                method.before_optimizer_step(step, steps_per_epoch)  # e.g. DINO freezes its last layer early on
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            if hasattr(method, "after_optimizer_step"):
-                method.after_optimizer_step(step, total)  # e.g. EMA teacher update
+            stepper.optimizer_step(lr, step, total, steps_per_epoch)
             step += 1
             images_done += global_batch
             epoch = (step - 1) // steps_per_epoch
             logger.advance()
-            if step % cfg.train.log_every == 0 or step == total:
-                values = {k: v.item() for k, v in parts.items()}
-                if not torch.isfinite(torch.tensor(values["loss"])):
+            knn_due = bool(cfg.train.knn_every) and step % cfg.train.knn_every == 0
+            if step % cfg.train.log_every == 0 or step == total or knn_due:
+                values = D.mean_across(env, parts)  # the global batch's losses, the same on every rank
+                if not math.isfinite(values["loss"]):
                     raise SdmaeError(f"loss is {values['loss']} at step {step}: training diverged "
                                      f"(try a lower optim.base_lr or optim.clip_grad)")
-                dt = time.perf_counter() - t0
-                logger.log({"step": step, "epoch": epoch, "lr": lr, **values,
+                knn = monitor(method.encoder) if monitor and knn_due else {}
+                dt = time.perf_counter() - t0 - knn.get("knn_seconds", 0.0)
+                logger.log({"step": step, "epoch": epoch, "lr": lr, **values, **knn,
                             "images_per_s": images_done / max(dt, 1e-9)})
                 t0, images_done = time.perf_counter(), 0
             parts = {}
             epoch_end = step % steps_per_epoch == 0
             if epoch_end or step == total or (cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0):
                 save("last.pt", epoch + int(epoch_end))
+                saved_at = step
             if epoch_end and cfg.train.keep_every_epochs and (epoch + 1) % cfg.train.keep_every_epochs == 0:
                 save(f"epoch_{epoch + 1:04d}.pt", epoch + 1)
-            if stop.flag:
-                save("last.pt", epoch + int(epoch_end))
-                stopped = True
+            signum = D.agreed_max(env, stop.signum)  # every rank stops at the same step, or none does
+            if signum and step < total:
+                if saved_at != step:
+                    save("last.pt", epoch + int(epoch_end))
                 break
+    stopped = bool(signum) and step < total
     logger.close(f"stopped at step {step}; run the same command to resume" if stopped else None)
     if env.main and not stopped and cfg.train.reconstructions:
         save_reconstructions(method, dataset, cfg, out / "reconstructions.png", device)
-    return {"step": step, "total": total, "stopped": stopped, "out": str(out)}
+    return {"step": step, "total": total, "stopped": stopped, "signal": signum if stopped else 0, "out": str(out)}
 
 
 @torch.no_grad()
@@ -230,11 +199,15 @@ def save_reconstructions(method, dataset: PretrainDataset, cfg: Config, path: Pa
 
 
 def main_pretrain(config: Optional[str], overrides: list[str], method: Optional[str], data, out: str) -> int:
-    sets = ([f"method.name={method}"] if method else []) + list(overrides)
-    if config is None and not data:
-        config = str(DEMO_RECIPE)  # the built-in default: the small CPU recipe on the sample slide
-    cfg = load_config(config, sets)
-    summary = pretrain(cfg, data, out)
-    if not summary["stopped"]:
+    """Exit status: 0 when done; 128 + signal number when stopped by SIGTERM / SIGINT (checkpoint written)."""
+    with D.fail_fast("pretrain"):
+        sets = ([f"method.name={method}"] if method else []) + list(overrides)
+        if config is None and not data:
+            config = str(DEMO_RECIPE)  # the built-in default: the small CPU recipe on the sample slide
+        cfg = load_config(config, sets)
+        summary = pretrain(cfg, data, out)
+    if summary["stopped"]:
+        return 128 + summary["signal"]
+    if D.env_world()[0] == 0:
         print(f"done: {summary['step']} steps, outputs in {out}", file=sys.stderr)
     return 0

@@ -22,9 +22,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def fused_adamw(device: torch.device) -> bool:
+    """The fused AdamW kernel (one pass over each parameter instead of about ten) runs on CUDA, and on the CPU
+    since torch 2.4; it computes the same update (tests/test_speed.py)."""
+    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    return device.type == "cuda" or (device.type == "cpu" and version >= (2, 4))
+
+
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, device: torch.device):
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas),
-                             fused=device.type == "cuda")
+                             fused=fused_adamw(device))
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, final: float) -> float:

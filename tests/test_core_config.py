@@ -1,0 +1,87 @@
+"""Typed config: YAML, dotted overrides, errors that name the key; the CLI's exit codes."""
+import subprocess
+import sys
+
+import pytest
+
+from sdmae.config import DEMO_RECIPE, ConfigError, diff_training_keys, load_config, to_dict
+
+
+def test_defaults_follow_the_official_code():
+    c = load_config()
+    assert (c.model.name, c.model.img_size, c.model.pos_embed) == ("vit_small_patch16", 224, "1d")
+    assert (c.method.mask_ratio, c.method.p, c.method.student_temp, c.method.teacher_temp) == (0.75, 0.2, 0.1, 0.04)
+    assert (c.method.center_momentum, c.method.center_on, c.method.teacher_stop_grad) == (0.9, "probs", False)
+    assert (c.method.target_norm, c.model.head_out_dim, c.model.decoder_depth) == ("per_channel", 4096, 4)
+    assert (c.optim.base_lr, c.optim.weight_decay, c.optim.min_lr) == (6e-4, 0.05, 1e-5)
+
+
+def test_overrides_are_typed():
+    c = load_config(overrides=["model.img_size=96", "method.p=0", "train.max_steps=5", "data.strict=true",
+                               "optim.betas=[0.9, 0.95]", "train.max_steps=7"])
+    assert c.model.img_size == 96 and c.method.p == 0.0 and isinstance(c.method.p, float)
+    assert c.train.max_steps == 7 and c.data.strict is True and c.optim.betas == [0.9, 0.95]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("optim.no_such_key=1", "optim.no_such_key"),
+    ("nosection.x=1", "nosection"),
+    ("data.batch_size=abc", "data.batch_size"),
+    ("data.batch_size=1.5", "data.batch_size"),
+    ("data.strict=maybe", "data.strict"),
+    ("model.img_size=true", "model.img_size"),
+    ("train.precision=fp8", "train.precision"),
+    ("method.mask_ratio=1.2", "method.mask_ratio"),
+    ("model=3", "model"),
+    ("noequals", "KEY=VALUE"),
+])
+def test_bad_overrides_name_the_key(text, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(overrides=[text])
+
+
+def test_yaml_file_and_missing_file(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("model:\n  name: vit_tiny_patch16\ntrain:\n  epochs: 3\n")
+    c = load_config(str(f), ["train.epochs=4"])
+    assert c.model.name == "vit_tiny_patch16" and c.train.epochs == 4  # --set wins over the file
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    f.write_text("model:\n  nmae: x\n")
+    with pytest.raises(ConfigError, match="model.nmae"):
+        load_config(str(f))
+
+
+def test_builtin_recipe_by_name_and_demo_recipe():
+    c = load_config(str(DEMO_RECIPE))
+    assert c.method.name == "sdmae" and c.train.device == "cpu"
+    assert load_config("demo_cpu").model.name == c.model.name
+
+
+def test_diff_ignores_keys_that_do_not_change_training():
+    a = to_dict(load_config())
+    b = to_dict(load_config(overrides=["data.num_workers=0", "train.log_every=3", "optim.base_lr=1e-3"]))
+    assert diff_training_keys(a, b) == ["optim.base_lr"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sdmae", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_usage_errors_exit_2(tmp_path):
+    r = run_cli("pretrain", "--out", str(tmp_path / "o"), "--set", "optim.no_such_key=1")
+    assert r.returncode == 2 and "optim.no_such_key" in r.stderr
+    r = run_cli("pretrain", "--out", str(tmp_path / "o"), "--set", "data.batch_size=abc")
+    assert r.returncode == 2 and "data.batch_size" in r.stderr
+    r = run_cli("pretrain", "--out", str(tmp_path / "o"), "--data", str(tmp_path / "nonexistent"))
+    assert r.returncode == 2 and "nonexistent" in r.stderr
+    r = run_cli("pretrain")  # --out missing
+    assert r.returncode == 2 and "--out" in r.stderr
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_cli_help_for_every_command():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "pretrain" in r.stdout
+    r = run_cli("pretrain", "--help")
+    assert r.returncode == 0 and "--set" in r.stdout
