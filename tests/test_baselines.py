@@ -24,6 +24,15 @@ from sdmae.train.loop import pretrain
 BASELINE = ["method.moco_mlp_dim=64", "method.moco_dim=32", "method.views.local_crops=2"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is faster, and much faster on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny(tiny_overrides):
     return tiny_overrides + BASELINE
@@ -264,6 +273,7 @@ def test_interrupted_run_resumes_bit_identically_and_loads_in_timm(tmp_path, tin
 def _gloo_worker(rank, world, init_file, out_dir, sets):
     import torch.distributed as dist
 
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
@@ -283,6 +293,7 @@ def _gloo_worker(rank, world, init_file, out_dir, sets):
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_gathered_negatives_under_two_gloo_processes_equal_one_process(tmp_path, tiny):
     """Two processes with batch 2 (keys gathered, BatchNorm over both) = one process with the batch of 4."""
     import torch.multiprocessing as mp

@@ -44,6 +44,7 @@ class ViewAugment:
         left, top, w, h = resized_crop_box(W, H, s.scale, (3 / 4, 4 / 3), gen)
         img = img.resize((s.size, s.size), Image.BICUBIC, box=(left, top, left + w, top + h))
         # a fixed number of draws per view, so switching a step off does not shift the others' randomness
+        # (HED jitter, when on, draws its own six numbers after these)
         u = torch.rand(11, generator=gen).tolist()
         order = torch.randperm(4, generator=gen).tolist()
         turns = int(torch.randint(0, 4, (1,), generator=gen))
