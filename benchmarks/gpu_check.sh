@@ -10,6 +10,8 @@
 #   --batch N   per-GPU batch for every row (default 256; 4 with --smoke)
 #   --steps N   timed steps per row (default 10; 1 with --smoke)
 # Environment: PYTHON (default: python), SDMAE_GPU_CHECK_SETS (extra --set items for every bench row).
+# The rows run in one process (`sdmae.train.bench.bench_train`, what `sdmae bench train` runs), so CUDA starts once
+# and MAE and SD-MAE share their compiled blocks; each row prints the equivalent `sdmae bench train` command.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,54 +22,75 @@ while [ $# -gt 0 ]; do
     --json) json=${2:?--json needs a file}; shift ;;
     --batch) batch=${2:?--batch needs a number}; shift ;;
     --steps) steps=${2:?--steps needs a number}; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PY=${PYTHON:-python}
-read -r -a extra <<<"${SDMAE_GPU_CHECK_SETS:-}"
 start=$SECONDS
 
 if [ "$smoke" = 1 ]; then
-  device=cpu warmup=0 batch=${batch:-4} steps=${steps:-1}
-  models=("vit_tiny_patch16 32") precisions=(fp32) compiles=(false)
-  tiny=(model.decoder_depth=1 model.head_hidden_dim=64 model.head_bottleneck_dim=32 model.head_out_dim=128)
+  grid="device=cpu warmup=0 batch=${batch:-4} steps=${steps:-1} models=vit_tiny_patch16:32 precisions=fp32 compiles=false"
+  grid="$grid sets=model.decoder_depth=1,model.head_hidden_dim=64,model.head_bottleneck_dim=32,model.head_out_dim=128"
+  gpu_tests=tests/test_speed_gpu.py  # they skip on a CPU; collecting the whole suite would only cost time
 else
   if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "gpu_check.sh: no CUDA device here (use --smoke to exercise the script on a CPU)" >&2
     exit 2
   fi
-  device=cuda warmup=3 batch=${batch:-256} steps=${steps:-10}
-  models=("vit_small_patch16 224" "vit_small_patch8 96") precisions=(fp32 bf16) compiles=(false true)
-  tiny=()
+  grid="device=cuda warmup=3 batch=${batch:-256} steps=${steps:-10} models=vit_small_patch16:224,vit_small_patch8:96"
+  grid="$grid precisions=fp32,bf16 compiles=false,true sets="
+  gpu_tests=tests
 fi
+extra=$(echo "${SDMAE_GPU_CHECK_SETS:-}" | tr ' ' ',')
 
-echo "== GPU-marked tests (pytest -m gpu)"
-"$PY" -m pytest -q -m gpu tests -p no:cacheprovider
+echo "== GPU-marked tests (pytest -m gpu $gpu_tests)"
+"$PY" -m pytest -q -m gpu "$gpu_tests" -p no:cacheprovider
 tests_rc=$?
-[ "$smoke" = 1 ] && [ "$tests_rc" = 5 ] && tests_rc=0  # none collected
+[ "$tests_rc" = 5 ] && tests_rc=0  # none collected
 
 rows=$(mktemp)
 trap 'rm -f "$rows"' EXIT
-for model in "${models[@]}"; do
-  read -r name size <<<"$model"
-  for precision in "${precisions[@]}"; do
-    for compile in "${compiles[@]}"; do
-      for method in mae sdmae; do
-        echo "== bench train: $method $name $size px, $precision, compile=$compile, batch $batch" >&2
-        line=$("$PY" -m sdmae bench train --steps "$steps" --warmup "$warmup" --set "model.name=$name" \
-               "model.img_size=$size" "method.name=$method" "train.precision=$precision" "train.compile=$compile" \
-               "train.device=$device" "data.batch_size=$batch" ${tiny[@]+"${tiny[@]}"} ${extra[@]+"${extra[@]}"} \
-               | tail -n 1)
-        if [ -z "$line" ] || [ "${line:0:1}" != "{" ]; then
-          line="{\"method\": \"$method\", \"model\": \"$name\", \"img_size\": $size, \"precision\": \"$precision\", \"compile\": $compile, \"batch_size\": $batch, \"error\": true}"
-        fi
-        echo "$line" >>"$rows"
-      done
-    done
-  done
-done
+echo "== sdmae bench train grid"
+# shellcheck disable=SC2086
+"$PY" - $grid "extra=$extra" "out=$rows" <<'PY'
+import gc, json, sys
+
+import torch
+
+from sdmae.config import load_config
+from sdmae.train.bench import bench_train
+
+a = dict(arg.split("=", 1) for arg in sys.argv[1:])
+lst = lambda key: [x for x in a[key].split(",") if x]
+dyn = torch._dynamo.config
+dyn.automatic_dynamic_shapes = False  # each row keeps its own static shapes
+setattr(dyn, "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit", 64)
+with open(a["out"], "w") as out:
+    for model in lst("models"):
+        name, size = model.split(":")
+        for precision in lst("precisions"):
+            for compile_ in lst("compiles"):
+                for method in ("mae", "sdmae"):
+                    sets = [f"model.name={name}", f"model.img_size={size}", f"method.name={method}",
+                            f"train.precision={precision}", f"train.compile={compile_}", f"train.device={a['device']}",
+                            f"data.batch_size={a['batch']}", *lst("sets"), *lst("extra")]
+                    print(f"-- sdmae bench train --steps {a['steps']} --warmup {a['warmup']} --set {' '.join(sets)}",
+                          file=sys.stderr, flush=True)
+                    try:
+                        row = bench_train(load_config(None, sets), int(a["steps"]), int(a["warmup"]))
+                    except Exception as e:  # e.g. out of memory: the row says so, the grid goes on
+                        print(f"   failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                              file=sys.stderr)
+                        row = {"method": method, "model": name, "img_size": int(size), "precision": precision,
+                               "compile": compile_ == "true", "batch_size": int(a["batch"]), "error": True}
+                    out.write(json.dumps(row) + "\n")
+                    out.flush()
+                    gc.collect()
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+PY
 [ -n "$json" ] && cp "$rows" "$json"
 
 "$PY" - "$rows" "$((SECONDS - start))" "$tests_rc" <<'PY'
@@ -100,5 +123,5 @@ for key in sorted({k[:4] for k in step}):
 failed = sum(1 for r in rows if r.get("error"))
 print(f"\n{len(rows) - failed}/{len(rows)} bench rows ran; GPU tests {'ok' if tests_rc == 0 else 'FAILED'}; "
       f"{elapsed} s in all")
-sys.exit(1 if failed or tests_rc else 0)
+sys.exit(1 if failed or tests_rc or not rows else 0)
 PY

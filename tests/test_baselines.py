@@ -15,7 +15,7 @@ from sdmae.config import load_config
 from sdmae.data.transforms import sample_generator
 from sdmae.methods import build_method
 from sdmae.methods.diagnostics import collapse_stats
-from sdmae.methods.dino import DINO, dino_loss, encode
+from sdmae.methods.dino import dino_loss, encode
 from sdmae.methods.ema import cosine_momentum, ema_update, update_center
 from sdmae.methods.mocov3 import info_nce
 from sdmae.train.checkpoint import load_checkpoint

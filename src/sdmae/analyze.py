@@ -94,12 +94,16 @@ def similarity_report(features: np.ndarray, labels: np.ndarray, batches: Sequenc
     fn_all, tn_all = np.concatenate(fn_keep), np.concatenate(tn_keep)
     auc = roc_auc_score(np.r_[np.ones(len(fn_all)), np.zeros(len(tn_all))], np.r_[fn_all, tn_all])
     out.update({
-        "cos_false_negatives": float(fn_mean), "cos_false_negatives_std": float(math.sqrt(max(0.0, fn_sq / fn_n - fn_mean ** 2))),
-        "cos_true_negatives": float(tn_mean), "cos_true_negatives_std": float(math.sqrt(max(0.0, tn_sq / tn_n - tn_mean ** 2))),
+        "cos_false_negatives": float(fn_mean), "cos_false_negatives_std": _std(fn_sq / fn_n, fn_mean),
+        "cos_true_negatives": float(tn_mean), "cos_true_negatives_std": _std(tn_sq / tn_n, tn_mean),
         "p_false_closer": float(auc),
         "repulsion_share": float(np.concatenate(weight_share).mean()),
     })
     return out
+
+
+def _std(mean_sq: float, mean: float) -> float:
+    return float(math.sqrt(max(0.0, mean_sq - mean ** 2)))
 
 
 def false_negatives(data: Sequence[str], ckpt: Optional[str], batch: int, batches: int, seed: int,
@@ -165,15 +169,20 @@ def render(r: dict) -> str:
 def add_analyze(sub) -> None:
     p = sub.add_parser("analyze", help="analyses of a dataset or encoder (false-negatives)")
     group = p.add_subparsers(dest="analysis", required=True, parser_class=type(p))
-    q = group.add_parser("false-negatives", help="share of a contrastive batch's negatives that share the anchor's class",
-                         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    q = group.add_parser("false-negatives", help="share of a contrastive batch's negatives of the anchor's class",
+                         description=__doc__.split("\n\n", 1)[1],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--data", nargs="+", required=True, metavar="PATH",
-                   help="labelled tiles: a class tree ROOT/<class>/<image>, a CSV list path,label, PCam HDF5, a packed file")
-    q.add_argument("--ckpt", help="an sdmae checkpoint or export folder: also measure how similar false negatives are")
-    q.add_argument("--batch-size", type=int, default=256, help="the contrastive (global) batch (default 256; MoCo v3 used 4096)")
+                   help="labelled tiles: a class tree ROOT/<class>/<image>, a CSV list path,label, PCam HDF5, "
+                        "a packed file")
+    q.add_argument("--ckpt", help="an sdmae checkpoint or export folder: also measure how similar false negatives "
+                                  "are to their anchors")
+    q.add_argument("--batch-size", type=int, default=256,
+                   help="the contrastive (global) batch (default 256; MoCo v3 used 4096)")
     q.add_argument("--batches", type=int, default=200, help="sampled batches for the measured figures (default 200)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--temperature", type=float, default=0.2, help="InfoNCE temperature for the repulsion share (MoCo v3: 0.2)")
+    q.add_argument("--temperature", type=float, default=0.2,
+                   help="InfoNCE temperature for the repulsion share (MoCo v3: 0.2)")
     q.add_argument("--out", help="also write the report as JSON to this file")
     q.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
                    help="options for reading data and extracting features, e.g. eval.batch_size=64 eval.device=cpu")

@@ -134,6 +134,7 @@ class TrainConfig:
     epochs: int = 100
     max_steps: Optional[int] = None  # run length (and schedule length) in optimiser steps when set
     ckpt_every_steps: int = 0  # 0: only at epoch ends and at the end
+    ckpt_every_epochs: int = 1  # last.pt at the end of every N-th epoch (0: never at epoch ends)
     keep_every_epochs: int = 20  # also keep checkpoints/epoch_XXXX.pt every N epochs
     log_every: int = 1
     seed: int = 0
@@ -339,7 +340,7 @@ def _validate_dense(d: DenseConfig) -> None:
 
 # Keys that may change when a run is resumed: they do not change what is trained.
 RESUME_FREE_KEYS = {
-    "data.num_workers", "train.ckpt_every_steps", "train.keep_every_epochs", "train.log_every",
+    "data.num_workers", "train.ckpt_every_steps", "train.ckpt_every_epochs", "train.keep_every_epochs", "train.log_every",
     "train.device", "train.compile", "train.tensorboard", "train.reconstructions",
     "train.knn_every", "train.knn_train", "train.knn_test", "train.knn_max",
     "data.prescan", "data.verify",

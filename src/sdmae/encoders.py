@@ -69,11 +69,14 @@ def random_encoder(cfg: Config, seed: int = 0) -> LoadedEncoder:
 
 def timm_encoder(name: str, cfg: Config) -> LoadedEncoder:
     """timm weights, only if already cached locally (HF_HUB_OFFLINE): a clear error otherwise."""
-    import os
-
     import timm
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:  # never reach for the network: huggingface_hub read HF_HUB_OFFLINE when timm imported it
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0, img_size=cfg.model.img_size)
     except Exception as e:

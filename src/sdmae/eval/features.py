@@ -141,18 +141,19 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def data_digest(source, labels: np.ndarray) -> str:
-    """Hash of the items' paths, labels and class names, plus size and mtime of items that are real files."""
+    """Hash of the items' absolute paths, labels and class names, plus size and mtime of every file behind them."""
     h = hashlib.sha256(json.dumps(list(source.classes)).encode())
     h.update(labels.tobytes())
+    containers = set()
     for i in range(len(source)):
-        p = source.path(i)
+        p = os.path.abspath(source.path(i))  # `data/x` and `./data/x` are the same data
         h.update(p.encode())
         try:
             st = os.stat(p)
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-        except OSError:
-            pass  # a virtual item (slide tile, HDF5 row): its path names it, the container is hashed below
-    for container in sorted({source.path(i).split("#", 1)[0] for i in range(len(source))} - {""}):
+        except OSError:  # an item inside a container (slide tile, HDF5 row, packed tile): hash the container
+            containers.add(p.split("#", 1)[0])
+    for container in sorted(containers):
         try:
             st = os.stat(container)
             h.update(f"{container}:{st.st_size}:{st.st_mtime_ns}".encode())

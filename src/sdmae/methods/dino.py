@@ -98,7 +98,8 @@ class DINO(nn.Module):
         student = torch.cat(student).float()
         loss, probs, log_q = dino_loss(student, teacher, self.center, self.s.student_temp, self.teacher_temp)
         update_center(self.center, teacher, self.s.center_momentum)
-        out = {"loss": loss, "teacher_temp": torch.tensor(self.teacher_temp), "momentum": torch.tensor(self.momentum)}
+        out = {"loss": loss, "teacher_temp": loss.new_tensor(self.teacher_temp),
+               "momentum": loss.new_tensor(self.momentum)}
         out.update(collapse_stats(probs.detach(), log_q[: probs.shape[0]].detach(), t_feat))
         return out
 

@@ -100,7 +100,9 @@ class MoCoV3(nn.Module):
             k2 = self.momentum_projector(self.features(self.momentum_encoder, x2))
         loss1, acc1 = info_nce(q1, k2, self.temp)
         loss2, acc2 = info_nce(q2, k1, self.temp)
-        out = {"loss": loss1 + loss2, "contrast_acc": (acc1 + acc2).detach() / 2, "momentum": torch.tensor(self.next_momentum)}
+        loss = loss1 + loss2
+        out = {"loss": loss, "contrast_acc": (acc1 + acc2).detach() / 2,
+               "momentum": loss.new_tensor(self.next_momentum)}
         out.update(collapse_stats(embeddings=f1))
         return out
 

@@ -8,6 +8,7 @@ process and precision, so MFU = achieved FLOP/s / measured matmul FLOP/s (measur
 """
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import resource
@@ -46,8 +47,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@functools.cache
 def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
-    """Best FLOP/s of a large square matmul in `dtype` (fp32 follows torch's TF32 setting, like training)."""
+    """Best FLOP/s of a large square matmul in `dtype` (fp32 follows torch's TF32 setting, like training); measured
+    once per process."""
     n = 8192 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)

@@ -163,7 +163,8 @@ def _pretrain(cfg: Config, data, out: Path, env: D.Dist) -> dict:
                 t0, images_done = time.perf_counter(), 0
             parts = {}
             epoch_end = step % steps_per_epoch == 0
-            if epoch_end or step == total or (cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0):
+            epoch_ckpt = epoch_end and cfg.train.ckpt_every_epochs and (epoch + 1) % cfg.train.ckpt_every_epochs == 0
+            if epoch_ckpt or step == total or (cfg.train.ckpt_every_steps and step % cfg.train.ckpt_every_steps == 0):
                 save("last.pt", epoch + int(epoch_end))
                 saved_at = step
             if epoch_end and cfg.train.keep_every_epochs and (epoch + 1) % cfg.train.keep_every_epochs == 0:
