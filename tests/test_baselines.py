@@ -160,6 +160,19 @@ def test_collapse_stats_tell_the_two_collapses_apart():
     assert 0.9 < spread < 1.1
 
 
+def test_every_distillation_method_logs_the_collapse_stats(tiny):
+    from sdmae.methods.masking import MaskSampler
+
+    g = torch.Generator().manual_seed(0)
+    sd = build_method(cfg_for("sdmae", tiny))
+    out = sd({"image": torch.randn(4, 3, 32, 32), "mask": torch.stack([MaskSampler(4, 3)(g)["mask"] for _ in range(4)])})
+    assert {"teacher_entropy", "student_entropy", "kl", "kl_uniform", "embed_std"} <= set(out)
+    dino = build_method(cfg_for("dino", tiny))
+    assert {"teacher_entropy", "kl_uniform", "embed_std", "teacher_temp"} <= set(dino(make_batch(dino, 4)))
+    moco = build_method(cfg_for("mocov3", tiny))
+    assert {"embed_std", "contrast_acc", "momentum"} <= set(moco(make_batch(moco, 4)))
+
+
 def test_multicrop_views_shapes_and_per_sample_randomness(tiny):
     m = build_method(cfg_for("dino", tiny, "method.views.local_crops=3"))
     fn = m.sample_fn()

@@ -20,13 +20,13 @@ from sdmae.train.loop import pretrain
 TINY = ["model.name=vit_tiny_patch8", "model.img_size=16", "model.decoder_depth=1", "model.head_hidden_dim=32",
         "model.head_bottleneck_dim=16", "model.head_out_dim=64", "data.num_workers=0", "train.device=cpu",
         "train.seed=3", "train.reconstructions=false", "data.aug.crop=none"]
-STEPS = 6
+STEPS = 8
 TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory) -> Path:
-    """48 random 16 px tiles: 6 global batches of 8."""
+    """48 random 16 px tiles: 6 global batches of 8 per epoch."""
     root = tmp_path_factory.mktemp("tiles")
     rng = np.random.default_rng(0)
     for i in range(48):
