@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from sdmae.config import AugConfig
 from sdmae.data.base import UnreadableTile
 from sdmae.data.transforms import DeviceTile, sample_generator
+from sdmae.errors import SdmaeError
 
 
 def crop_on_device(source, aug: AugConfig, device: torch.device) -> bool:
@@ -18,6 +19,20 @@ def crop_on_device(source, aug: AugConfig, device: torch.device) -> bool:
     if source.tile_shape is None or aug.crop_on == "workers":
         return False
     return aug.crop_on == "device" or device.type == "cuda"
+
+
+def read_with_fallback(read, n: int, index: int, reported: set):
+    """(j, read(j)) for the first readable j of index, index + 1, ... (mod n); each unreadable path is warned
+    about once. A broken file never stops a long run; the replacement is deterministic."""
+    for k in range(n):
+        j = (index + k) % n
+        try:
+            return j, read(j)
+        except UnreadableTile as e:
+            if e.path not in reported:
+                reported.add(e.path)
+                print(f"warning: skipping unreadable tile {e.path} ({e.reason})", file=sys.stderr)
+    raise SdmaeError("no readable tile in the data")
 
 
 class PretrainDataset(Dataset):
@@ -35,24 +50,15 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
+    def _read(self, j: int):
+        if self.source.tile_shape is None:
+            return self.source.read(j)
+        img = self.source.read_array(j)  # fixed-size tiles travel as arrays, never through PIL
+        return img.view(DeviceTile) if self.arrays else img
+
     def __getitem__(self, key) -> dict:
         epoch, index = key
-        n = len(self.source)
-        for k in range(n):
-            j = (index + k) % n
-            try:
-                if self.source.tile_shape is None:
-                    img = self.source.read(j)
-                else:  # fixed-size tiles travel as arrays, never through PIL
-                    img = self.source.read_array(j)
-                    img = img.view(DeviceTile) if self.arrays else img
-                break
-            except UnreadableTile as e:
-                if e.path not in self.reported:
-                    self.reported.add(e.path)
-                    print(f"warning: skipping unreadable tile {e.path} ({e.reason})", file=sys.stderr)
-        else:
-            raise RuntimeError("no readable tile in the dataset")
+        _, img = read_with_fallback(self._read, len(self.source), index, self.reported)
         item = self.sample_fn(img, sample_generator(self.seed, epoch, index))
         item["index"] = index
         return item

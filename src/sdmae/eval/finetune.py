@@ -38,8 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sdmae import __version__
 from sdmae.config import EvalConfig, FinetuneConfig, to_dict
-from sdmae.data.loader import GlobalBatchSampler
-from sdmae.data.sources import UnreadableTile
+from sdmae.data.loader import GlobalBatchSampler, read_with_fallback
 from sdmae.data.transforms import sample_generator
 from sdmae.encoders import LoadedEncoder
 from sdmae.errors import SdmaeError, UsageError
@@ -69,18 +68,8 @@ class TrainTiles(Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
-        n = len(self.items)
-        for k in range(n):
-            j = (index + k) % n
-            try:
-                img = self.source.read(int(self.items[j]))
-                break
-            except UnreadableTile as e:
-                if e.path not in self.reported:
-                    self.reported.add(e.path)
-                    print(f"warning: skipping unreadable tile {e.path} ({e.reason})", file=sys.stderr)
-        else:
-            raise SdmaeError("no readable tile in the training data")
+        j, img = read_with_fallback(lambda k: self.source.read(int(self.items[k])), len(self.items), index,
+                                    self.reported)
         # timm's transforms draw from the global `random`, numpy and torch generators: seed all three per
         # sample and restore them after, so augmentation depends on (seed, epoch, index) only
         s = int(torch.randint(0, 2 ** 62, (1,), generator=sample_generator(self.seed, epoch, index)))
