@@ -2,6 +2,7 @@
 a failing rank; and gradient accumulation against one large batch."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,7 +102,8 @@ def runs(tiles, tmp_path_factory) -> dict:
     two = root / "two"
     r = launch(pretrain_args(tiles, two, 4))
     assert r.returncode == 0, r.stderr[-3000:]
-    return {"one": weights(one), "two": weights(two), "two_log": (two / "log.jsonl").read_text()}
+    return {"one": weights(one), "two": weights(two), "two_dir": two,
+            "logs": [(d / "log.jsonl").read_text().splitlines() for d in (one, two)]}
 
 
 @pytest.mark.dist
@@ -110,6 +112,8 @@ def test_two_processes_train_the_same_weights_as_one(runs):
     a, b = runs["one"], runs["two"]
     assert a["step"] == b["step"] == STEPS
     assert max_diff(a["model"], b["model"]) < 1e-4  # AdamW turns rounding noise in near-zero gradients into +-lr
+    last = [json.loads(log[-1]) for log in runs["logs"]]  # rank 0 logs the global batch's loss, not its shard's
+    assert last[0]["loss"] == pytest.approx(last[1]["loss"], abs=1e-5)
 
 
 @pytest.mark.dist
@@ -150,6 +154,16 @@ def test_a_failing_rank_ends_every_rank_and_is_reported_once(tiles, wrapper, tmp
     assert elapsed < 60, f"took {elapsed:.0f} s"
     out = r.stdout + r.stderr
     assert out.count("injected failure on rank 1") == 1, out[-3000:]
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_an_error_every_rank_meets_is_shown_once(runs, tiles):
+    """Resuming with a changed setting fails on both ranks after the process group exists: one message."""
+    r = launch(pretrain_args(tiles, runs["two_dir"], 4, "optim.base_lr=1e-3"))
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert out.count("refusing to resume") == 1, out[-3000:]
 
 
 def test_gradient_accumulation_matches_one_large_batch(tiles, tmp_path):

@@ -9,9 +9,9 @@ contrastive learning on histopathology. For a labelled dataset this reports
   sum_c f_c (n_c - 1) / (N - 1), and the chance that an anchor has at least one (hypergeometric);
 - the same two figures measured over sampled batches;
 - with --ckpt, in the encoder's feature space (the evaluation features, one unaugmented view per
-  tile): the cosine similarity of an anchor to its false and to its true negatives, the probability
-  that a false negative is closer than a true one, and the share of InfoNCE's repulsion
-  (softmax weight exp(s / tau) over the negatives) that lands on false negatives.
+  tile, centred on their mean): the cosine similarity of an anchor to its false and to its true
+  negatives, the probability that a false negative is closer than a true one, and the share of
+  InfoNCE's repulsion (softmax weight exp(s / tau) over the negatives) that lands on false negatives.
 """
 from __future__ import annotations
 
@@ -64,10 +64,14 @@ def measured_false_negatives(labels: np.ndarray, batches: Sequence[np.ndarray]) 
 
 
 def similarity_report(features: np.ndarray, labels: np.ndarray, batches: Sequence[np.ndarray], temperature: float,
-                      max_pairs: int = 200_000, seed: int = 0) -> dict:
-    """Cosine similarities of anchors to false (same class) and true negatives within the sampled batches."""
+                      center: bool = True, max_pairs: int = 200_000, seed: int = 0) -> dict:
+    """Cosine similarities of anchors to false (same class) and true negatives within the sampled batches.
+    With `center`, the mean feature is subtracted first (as sdmae's kNN does): a component that every tile
+    shares would otherwise put every cosine near 1."""
     from sklearn.metrics import roc_auc_score
 
+    if center:
+        features = features - features.mean(axis=0, keepdims=True)
     f = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
     rng = np.random.default_rng(seed)
     fn_sum = fn_sq = tn_sum = tn_sq = 0.0
@@ -87,7 +91,8 @@ def similarity_report(features: np.ndarray, labels: np.ndarray, batches: Sequenc
         tn_keep.append(rng.choice(tn, min(per, tn.size), replace=False) if tn.size else tn)
         w = np.exp((s - 1.0) / temperature) * off  # exp(s / tau), shifted for range; the diagonal is the positive
         weight_share.append((w * same).sum(1) / w.sum(1))
-    out = {"temperature": temperature, "false_negative_pairs": int(fn_n), "true_negative_pairs": int(tn_n)}
+    out = {"temperature": temperature, "centred": center, "false_negative_pairs": int(fn_n),
+           "true_negative_pairs": int(tn_n)}
     if fn_n == 0 or tn_n == 0:
         return out
     fn_mean, tn_mean = fn_sum / fn_n, tn_sum / tn_n
@@ -107,7 +112,7 @@ def _std(mean_sq: float, mean: float) -> float:
 
 
 def false_negatives(data: Sequence[str], ckpt: Optional[str], batch: int, batches: int, seed: int,
-                    temperature: float, overrides: Sequence[str] = ()) -> dict:
+                    temperature: float, overrides: Sequence[str] = (), center: bool = True) -> dict:
     from sdmae.config import load_config, load_eval_config
     from sdmae.eval.frozen import split_overrides
     from sdmae.eval.labelled import labels_of, open_split
@@ -142,7 +147,7 @@ def false_negatives(data: Sequence[str], ckpt: Optional[str], batch: int, batche
     }
     if feats is not None:
         report["ckpt"] = str(ckpt)
-        report["similarity"] = similarity_report(feats[keep], labels, drawn, temperature, seed=seed)
+        report["similarity"] = similarity_report(feats[keep], labels, drawn, temperature, center, seed=seed)
     return report
 
 
@@ -183,12 +188,14 @@ def add_analyze(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--temperature", type=float, default=0.2,
                    help="InfoNCE temperature for the repulsion share (MoCo v3: 0.2)")
+    q.add_argument("--no-center", dest="center", action="store_false",
+                   help="cosines of the raw features (default: features centred on their mean first)")
     q.add_argument("--out", help="also write the report as JSON to this file")
     q.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
                    help="options for reading data and extracting features, e.g. eval.batch_size=64 eval.device=cpu")
 
     def run(a) -> int:
-        report = false_negatives(a.data, a.ckpt, a.batch_size, a.batches, a.seed, a.temperature, a.set)
+        report = false_negatives(a.data, a.ckpt, a.batch_size, a.batches, a.seed, a.temperature, a.set, a.center)
         print(render(report))
         if a.out:
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
