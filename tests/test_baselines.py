@@ -306,7 +306,6 @@ def _gloo_worker(rank, world, init_file, out_dir, sets):
 
 
 @pytest.mark.dist
-@pytest.mark.slow
 def test_gathered_negatives_under_two_gloo_processes_equal_one_process(tmp_path, tiny):
     """Two processes with batch 2 (keys gathered, BatchNorm over both) = one process with the batch of 4."""
     import torch.multiprocessing as mp

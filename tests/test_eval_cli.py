@@ -240,6 +240,21 @@ set: [{', '.join(TINY + QUIET)}, eval.cache_dir={tmp_path / 'cache'}]
     assert main(["compare", "--encoders", "random", "--datasets", f"x={tree / 'train'}", "--out", str(out)]) == 2
 
 
+def test_compare_tables_any_reported_score():
+    """Dense protocols report mIoU, AJI, PQ or mAP beside their headline metric: each one can be tabled."""
+    from sdmae.eval.compare import cell_summary, render_markdown
+
+    run = {"miou": 0.7, "dice": 0.8, "aji": 0.45, "n_train": 8, "train_seconds": 3.0, "per_image": []}
+    result = {"protocol": "segment", **run, "std": {"miou": 0.01, "dice": 0.02, "aji": 0.03}, "seeds": [0, 1],
+              "runs": [run, run]}
+    cell = cell_summary(result)
+    assert cell["aji"]["mean"] == 0.45 and cell["miou"]["std"] == 0.01 and "per_image" not in cell
+    table = {"metrics": ["aji", "miou"], "seeds": 2, "columns": [{"dataset": "MoNuSeg", "protocol": "segment"}],
+             "rows": [{"method": "sdmae", "cells": [cell]}]}
+    md = render_markdown(table)
+    assert "| sdmae | 45.0 ± 3.0 |" in md and "| sdmae | 70.0 ± 1.0 |" in md
+
+
 def test_knn_monitor_logs_during_pretraining(tree, tmp_path, tiny_overrides):
     out = tmp_path / "pt"
     assert main(["pretrain", "--data", str(tree / "train"), "--out", str(out), "--set", *tiny_overrides,

@@ -25,7 +25,7 @@ from sdmae.data.sources import UnreadableTile
 from sdmae.data.transforms import to_uint8_chw
 from sdmae.errors import SdmaeError, UsageError
 from sdmae.train.distributed import pick_device
-from sdmae.train.loop import autocast
+from sdmae.train.step import autocast
 
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 OUT_SUFFIXES = (".npz", ".h5", ".hdf5")

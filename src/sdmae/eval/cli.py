@@ -67,7 +67,8 @@ def protocol_command(name: str, help: str, description: str) -> Callable:
             _, encoder_sets = split_overrides(sets)
             encoder = EncoderSpec(a.ckpt, a.init, [s for s in encoder_sets if not s.startswith("data.")])
             try:
-                result = evaluate(name, encoder, train, test, val, a.out, sets, a.seeds)
+                with distributed.fail_fast(f"eval {name}"):  # a rank that fails ends at once, never hangs the others
+                    result = evaluate(name, encoder, train, test, val, a.out, sets, a.seeds)
             finally:
                 distributed.cleanup()
             print_summary(result, a.out)
@@ -110,8 +111,9 @@ def add_compare(sub) -> None:
     p.add_argument("--datasets", nargs="+", default=[], metavar="[LABEL=]DATA",
                    help="TRAIN,TEST[,VAL] paths, or BENCHMARK:ROOT (e.g. NCT=nct-crc-he:/data/nct)")
     p.add_argument("--protocols", nargs="+", default=[], help="default: linear knn")
-    p.add_argument("--metric", nargs="+", default=[], help="table metric(s); default: each protocol's headline "
-                                                           "metric (balanced_accuracy)")
+    p.add_argument("--metric", nargs="+", default=[],
+                   help="table metric(s): any score the protocols report (e.g. auroc, miou, aji, map); default: "
+                        "each protocol's headline metric (balanced_accuracy; dice for segment, map50 for detect)")
     p.add_argument("--out", required=True, help="output folder: compare.md, compare.json, runs/")
     add_run_options(p)
     p.set_defaults(seeds=None)

@@ -174,7 +174,10 @@ def _slug(text: str) -> str:
 
 def cell_summary(result: dict) -> dict:
     out = {"seeds": len(result["seeds"]), "n_train": result.get("n_train"), "n_test": result.get("n_test")}
-    for key in dict.fromkeys(REPORTED + (registry.main_metric(result["protocol"]),)):
+    # every scalar score the protocol reported (classification: REPORTED; segmentation: dice, miou, aji, pq...;
+    # detection: map, map50...), so `--metric` can table any of them
+    scores = [k for k, v in result.items() if isinstance(v, float)]
+    for key in dict.fromkeys(REPORTED + (registry.main_metric(result["protocol"]),) + tuple(scores)):
         if key in result:
             out[key] = {"mean": result[key], "std": result.get("std", {}).get(key),
                         "per_seed": [r.get(key) for r in result["runs"]]}

@@ -26,7 +26,7 @@ from sdmae.train import distributed as D
 from sdmae.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from sdmae.train.logger import RunLogger, truncate_log
 from sdmae.train.optim import build_optimizer, lr_at
-from sdmae.train.step import Stepper, autocast, compile_blocks, resolve_precision  # noqa: F401 (autocast: sdmae.embed)
+from sdmae.train.step import Stepper, compile_blocks, resolve_precision
 
 
 def resume_state(out: Path, cfg: Config) -> Optional[dict]:
