@@ -11,10 +11,7 @@ import csv
 from pathlib import Path
 from typing import Optional
 
-from PIL import Image
-
-from sdmae.data.base import Source
-from sdmae.data.images import load_rgb
+from sdmae.data.images import ImageFilesSource
 from sdmae.errors import UsageError
 
 PATH_COLUMNS = ("path", "file", "filename", "image", "image name", "image_name")
@@ -40,7 +37,7 @@ def _column(header: list[str], names: tuple, what: str, csv_path: Path, required
     return None
 
 
-class CSVSource(Source):
+class CSVSource(ImageFilesSource):
     """Tiles listed in a CSV file; `split` keeps the rows of one split (needs a split column)."""
 
     def __init__(self, csv_path: str | Path, split: Optional[str] = None, root: Optional[str | Path] = None):
@@ -77,18 +74,6 @@ class CSVSource(Source):
         index = {c: i for i, c in enumerate(self.classes)}
         self.labels = [index[n] if n else -1 for n in names]
         self.splits = [r[isp].strip() if isp is not None and len(r) > isp else "" for r in rows]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def read(self, i: int) -> Image.Image:
-        return load_rgb(self.files[i])
-
-    def path(self, i: int) -> str:
-        return self.files[i]
-
-    def label(self, i: int) -> int:
-        return self.labels[i]
 
     def split(self, i: int) -> str:
         return self.splits[i]

@@ -77,7 +77,26 @@ def image_files(root: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-class FolderSource(Source):
+class ImageFilesSource(Source):
+    """Image files listed in `self.files`, with one label each in `self.labels` (-1: none)."""
+
+    files: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, i: int) -> Image.Image:
+        return load_rgb(self.files[i])
+
+    def path(self, i: int) -> str:
+        return self.files[i]
+
+    def label(self, i: int) -> int:
+        return self.labels[i]
+
+
+class FolderSource(ImageFilesSource):
     """Images under a folder, recursively. If every image sits in a first-level subfolder, the subfolder
     names (sorted) are the classes: a class tree `ROOT/<class>/<image>`."""
 
@@ -94,15 +113,3 @@ class FolderSource(Source):
             self.labels = [index[x[0]] for x in parts]
         else:
             self.classes, self.labels = [], [-1] * len(found)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def read(self, i: int) -> Image.Image:
-        return load_rgb(self.files[i])
-
-    def path(self, i: int) -> str:
-        return self.files[i]
-
-    def label(self, i: int) -> int:
-        return self.labels[i]

@@ -52,10 +52,14 @@ class MAE(nn.Module):
         pred, h = self.decoder(z, ids_keep, ids_mask)
         return z, h, pred, ids_keep, ids_mask
 
-    def forward(self, batch: dict) -> dict:
+    def reconstruction(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(encoder tokens z, decoder features h of the visible tokens, MSE on the masked patches)."""
         images, mask = batch["image"], batch["mask"]
         z, h, pred, _, ids_mask = self.encode_decode(images, mask)
         with torch.no_grad():
             target = self.targets(images, ids_mask)
-        loss_rec = F.mse_loss(pred.float(), target.float())
+        return z, h, F.mse_loss(pred.float(), target.float())
+
+    def forward(self, batch: dict) -> dict:
+        _, _, loss_rec = self.reconstruction(batch)
         return {"loss": loss_rec, "loss_rec": loss_rec.detach()}

@@ -43,11 +43,7 @@ class SDMAE(MAE):
         self.center.mul_(self.s.center_momentum).add_(total / count, alpha=1 - self.s.center_momentum)
 
     def forward(self, batch: dict) -> dict:
-        images, mask = batch["image"], batch["mask"]
-        z, h, pred, _, ids_mask = self.encode_decode(images, mask)
-        with torch.no_grad():
-            target = self.targets(images, ids_mask)
-        loss_rec = F.mse_loss(pred.float(), target.float())
+        z, h, loss_rec = self.reconstruction(batch)
         out = {"loss_rec": loss_rec.detach()}
         if self.s.p == 0:
             out["loss"] = loss_rec
