@@ -8,14 +8,14 @@
 #                 training tiles, the official fine-tuning recipe) for the same steps and batch, its encoder
 #                 then probed like the others (benchmarks/supervised_encoder.py).
 # Usage: benchmarks/baselines_table.sh [OUT_DIR]
-#   env: DATA (folder with train/ and test/), STEPS (200), BATCH (32), SEEDS (3), ARCH ("vit_tiny_patch16 64")
+#   env: DATA (folder with train/ and test/), STEPS (300), BATCH (32), SEEDS (3), ARCH ("vit_tiny_patch16 64")
 #   A run that stopped continues where it was: finished pre-training runs resume at their last step.
 #   On a shared, loaded 2-core machine OMP_NUM_THREADS=1 ran these small models several times faster than 2.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 DATA=${DATA:-$here/../../shared/data/pcam_ai4all_jpeg}
 OUT=${1:-runs/baselines}
-STEPS=${STEPS:-200}
+STEPS=${STEPS:-300}
 BATCH=${BATCH:-32}
 SEEDS=${SEEDS:-3}
 read -r NAME SIZE <<<"${ARCH:-vit_tiny_patch16 64}"
