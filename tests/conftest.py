@@ -17,6 +17,16 @@ DATA = Path(os.environ.get("SDMAE_TEST_DATA", REPO.parent / "shared" / "data"))
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread even where OMP_NUM_THREADS asks for more: for modules of tiny models, which run
+    fastest that way (much faster on a loaded machine). Use with `pytestmark = pytest.mark.usefixtures(...)`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _need(sub: str) -> Path:
     p = DATA / sub
     if not p.exists():

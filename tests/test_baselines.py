@@ -24,13 +24,7 @@ from sdmae.train.loop import pretrain
 BASELINE = ["method.moco_mlp_dim=64", "method.moco_dim=32", "method.views.local_crops=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster, and much faster on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

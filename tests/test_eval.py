@@ -13,13 +13,7 @@ from sdmae.eval.linear import fit_fast, predict_proba, train_paper
 from sdmae.eval.metrics import aggregate, classification_metrics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: one intra-op thread is fastest, and much faster on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs(n_per_class: int, n_classes: int, dim: int, spread: float, seed: int):

@@ -24,13 +24,7 @@ TINY = ["model.name=vit_tiny_patch16", "model.img_size=32"]
 QUIET = ["eval.num_workers=0", "eval.batch_size=16"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: one intra-op thread is fastest, and much faster on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_tree(root: Path, n_train: int = 10, n_test: int = 5, classes=("a", "b")) -> Path:
