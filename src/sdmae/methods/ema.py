@@ -1,10 +1,12 @@
-"""Momentum (EMA) teachers: the cosine momentum schedule of BYOL / MoCo v3 / DINO and the parameter update."""
+"""Running averages: the momentum (EMA) teachers of BYOL / MoCo v3 / DINO with their cosine schedule, and the
+centre of the distillation methods (SD-MAE, DINO)."""
 from __future__ import annotations
 
 import copy
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 
@@ -31,10 +33,8 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 @torch.no_grad()
 def update_center(center: torch.Tensor, values: torch.Tensor, momentum: float) -> None:
     """c <- m c + (1 - m) mean over the global batch of `values` (summed across processes)."""
-    import torch.distributed as dist
-
     total = values.float().sum(dim=0, keepdim=True)
-    count = torch.tensor(float(values.shape[0]), device=values.device)
+    count = torch.full((), float(values.shape[0]), device=values.device)  # a fill, not a host-to-device copy
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
         dist.all_reduce(count)

@@ -39,7 +39,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         if not self.training or world_size() == 1:
             return super().forward(x)
         x32 = x.float()
-        count = torch.tensor([float(x.shape[0])], device=x.device)
+        count = torch.full((1,), float(x.shape[0]), device=x.device)
         dist.all_reduce(count)
         mean = AllReduceSum.apply(x32.sum(0)) / count
         var = AllReduceSum.apply(((x32 - mean) ** 2).sum(0)) / count  # biased, as BatchNorm normalises

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from sdmae.config import Config
 from sdmae.methods.diagnostics import collapse_stats
+from sdmae.methods.ema import update_center
 from sdmae.methods.mae import MAE
 from sdmae.models import DINOHead
 
@@ -32,16 +32,6 @@ class SDMAE(MAE):
         self.register_buffer("center", torch.zeros(1, m.head_out_dim))
         self.s = s
 
-    @torch.no_grad()
-    def update_center(self, values: torch.Tensor) -> None:
-        """c <- m c + (1 - m) mean over the global batch (all-reduced across processes)."""
-        total = values.float().sum(dim=0, keepdim=True)
-        count = torch.tensor(float(values.shape[0]), device=values.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
-        self.center.mul_(self.s.center_momentum).add_(total / count, alpha=1 - self.s.center_momentum)
-
     def forward(self, batch: dict) -> dict:
         z, h, loss_rec = self.reconstruction(batch)
         out = {"loss_rec": loss_rec.detach()}
@@ -54,7 +44,7 @@ class SDMAE(MAE):
             teacher = teacher.detach()
         loss_sd, probs, log_q = distillation_loss(student, teacher, self.center, self.s.student_temp,
                                                   self.s.teacher_temp)
-        self.update_center(probs if self.s.center_on == "probs" else teacher)
+        update_center(self.center, probs if self.s.center_on == "probs" else teacher, self.s.center_momentum)
         out["loss"] = self.s.p * loss_sd + (1 - self.s.p) * loss_rec
         out["loss_sd"] = loss_sd.detach()
         out.update(collapse_stats(probs.detach(), log_q.detach(), z.detach().mean(dim=1)))
