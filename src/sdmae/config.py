@@ -437,6 +437,19 @@ def _nest(key: str, value: Any) -> dict:
     return out
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """The mapping a YAML file holds (empty file: {}); `what` names the file in the usage errors."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must hold a mapping of sections")
+    return data
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
                 base: Optional[dict] = None) -> Config:
     """Defaults, then `base` (e.g. a checkpoint's config), then the YAML file, then `--set` overrides."""
@@ -444,16 +457,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     if base:
         _apply(cfg, base)
     if path:
-        p = recipe_path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
-        _apply(cfg, data)
+        _apply(cfg, read_yaml_mapping(recipe_path(path), f"config file {path}"))
     for text in overrides or []:
         key, value = parse_override(text)
         _apply(cfg, _nest(key, value))

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
+from sdmae.config import read_yaml_mapping
 from sdmae.errors import UsageError
 from sdmae.eval import registry
 from sdmae.eval.benchmarks import BENCHMARKS, resolve
@@ -128,13 +127,7 @@ def build_spec(spec_file: Optional[str], encoders: list, datasets: list, protoco
                sets: list, metrics: list) -> CompareSpec:
     data: dict = {}
     if spec_file:
-        p = Path(spec_file)
-        if not p.is_file():
-            raise UsageError(f"--spec: no such file: {spec_file}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"--spec {spec_file} is not valid YAML: {e}") from e
+        data = read_yaml_mapping(Path(spec_file), f"--spec {spec_file}")
         unknown = set(data) - {"encoders", "datasets", "protocols", "seeds", "set", "metrics"}
         if unknown:
             raise UsageError(f"--spec {spec_file}: unknown keys {', '.join(sorted(unknown))} "
