@@ -9,7 +9,7 @@ import sys
 
 from sdmae.config import load_config, to_dict
 from sdmae.models import build_encoder
-from sdmae.train.checkpoint import load_checkpoint, save_atomic
+from sdmae.checkpoint import load_checkpoint, save_atomic
 
 
 def main(src: str, dst: str, *sets: str) -> None:

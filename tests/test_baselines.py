@@ -18,7 +18,7 @@ from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.dino import dino_loss, encode
 from sdmae.methods.ema import cosine_momentum, ema_update, update_center
 from sdmae.methods.mocov3 import info_nce
-from sdmae.train.checkpoint import load_checkpoint
+from sdmae.checkpoint import load_checkpoint
 from sdmae.train.loop import pretrain
 
 BASELINE = ["method.moco_mlp_dim=64", "method.moco_dim=32", "method.views.local_crops=2"]
@@ -43,7 +43,7 @@ def random_tile(seed=0, size=48):
 
 def make_batch(method, n, seed=0):
     """What the loop hands to forward: the method's sample function, collated, normalised."""
-    from sdmae.train.loop import move_batch
+    from sdmae.data.batch import move_batch
 
     fn = method.sample_fn()
     items = [fn(random_tile(seed + i), sample_generator(seed, 0, i)) for i in range(n)]

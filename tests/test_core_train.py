@@ -14,7 +14,7 @@ from sdmae.config import load_config
 from sdmae.data.loader import GlobalBatchSampler
 from sdmae.errors import UsageError
 from sdmae.methods import build_method
-from sdmae.train.checkpoint import UnsafeCheckpointError, load_checkpoint, save_atomic
+from sdmae.checkpoint import UnsafeCheckpointError, load_checkpoint, save_atomic
 from sdmae.train.loop import pretrain
 from sdmae.train.optim import lr_at, param_groups
 

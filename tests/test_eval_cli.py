@@ -18,7 +18,7 @@ from sdmae.errors import UsageError
 from sdmae.eval.features import encode, feature_model, pooled
 from sdmae.eval.labelled import labels_of, open_split
 from sdmae.models.vit import build_encoder
-from sdmae.train.checkpoint import save_atomic
+from sdmae.checkpoint import save_atomic
 
 TINY = ["model.name=vit_tiny_patch16", "model.img_size=32"]
 QUIET = ["eval.num_workers=0", "eval.batch_size=16"]

@@ -13,7 +13,7 @@ from sdmae.cli import main
 from sdmae.config import load_config, to_dict
 from sdmae.embed import INTERPOLATION, RESAMPLE
 from sdmae.methods import build_method
-from sdmae.train.checkpoint import save_atomic
+from sdmae.checkpoint import save_atomic
 
 TINY = ["model.name=vit_tiny_patch16", "model.img_size=32", "model.decoder_depth=1", "model.head_hidden_dim=64",
         "model.head_bottleneck_dim=32", "model.head_out_dim=128", "train.device=cpu", "method.name=sdmae"]

@@ -9,7 +9,7 @@ import torch
 
 from sdmae.config import load_config
 from sdmae.methods import build_method
-from sdmae.train.loop import move_batch
+from sdmae.data.batch import move_batch
 from sdmae.train.optim import build_optimizer, param_groups
 from sdmae.train.step import Stepper, compile_blocks
 

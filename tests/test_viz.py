@@ -13,7 +13,7 @@ from sdmae.cli import main
 from sdmae.config import load_config, to_dict
 from sdmae.methods import build_method
 from sdmae.methods.masking import patchify
-from sdmae.train.checkpoint import save_atomic
+from sdmae.checkpoint import save_atomic
 from sdmae.viz.attention import block_attentions, explicit_attention, received, rollout
 from sdmae.viz.curves import panel_of
 from sdmae.viz.reconstruct import fixed_masks, reconstruct

@@ -7,18 +7,13 @@ from typing import Optional, Sequence
 
 from sdmae import __version__
 from sdmae.analyze import add_analyze
+from sdmae.argparsing import Parser
 from sdmae.data.cli import add_bench_data, add_data, add_tile
 from sdmae.dense.cli import add_detect, add_segment
 from sdmae.errors import SdmaeError
 from sdmae.eval.cli import add_compare, add_fewshot, add_finetune, add_knn, add_linear
 from sdmae.train.cli import add_bench_train
 from sdmae.viz.cli import add_viz
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # usage errors exit 2 with the message (argparse's default too)
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def add_pretrain(sub) -> None:

@@ -15,7 +15,7 @@ import torch
 from sdmae.config import Config, load_config
 from sdmae.errors import SdmaeError, UsageError
 from sdmae.models.vit import MaskedViT, build_encoder
-from sdmae.train.checkpoint import load_checkpoint
+from sdmae.checkpoint import load_checkpoint
 
 
 @dataclass

@@ -26,7 +26,7 @@ from sdmae.embed import INTERPOLATION
 from sdmae.encoders import encoder_state
 from sdmae.errors import SdmaeError, UsageError
 from sdmae.models.vit import build_encoder, timm_arch_name, timm_model_args
-from sdmae.train.checkpoint import load_checkpoint
+from sdmae.checkpoint import load_checkpoint
 
 METHOD_NAMES = {"sdmae": "SD-MAE", "mae": "MAE", "mocov3": "MoCo v3", "dino": "DINO"}
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")

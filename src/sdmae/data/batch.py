@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torchvision.ops import roi_align
 
-from sdmae.config import AugConfig
+from sdmae.config import AugConfig, Config
 from sdmae.data.stain import hed_jitter
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
@@ -89,3 +89,13 @@ def finish_images(images: torch.Tensor, aug: AugConfig, params: Optional[torch.T
         if needs_augment(images, params):
             return augment(images, params).sub_(mean).div_(std)
     return images.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (x / 255 - mean) / std in two passes
+
+
+def move_batch(batch: dict, device: torch.device, cfg: Config) -> dict:
+    """Moves tensors to the device and normalises every uint8 image field (..., 3, H, W): "image", or a
+    multi-view method's "views" / "local"."""
+    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    for k, v in out.items():
+        if torch.is_tensor(v) and v.dtype == torch.uint8 and v.ndim >= 4 and v.shape[-3] == 3:
+            out[k] = finish_images(v, cfg.data.aug, out.get(f"{k}_aug"))
+    return out

@@ -151,7 +151,7 @@ def add_bench_data(group) -> None:
 
     def run(a) -> int:
         from sdmae.config import load_config
-        from sdmae.data.bench import bench_data
+        from sdmae.train.bench_data import bench_data
 
         print(json.dumps(bench_data(load_config(a.config, a.set), a.data, a.batches, a.warmup)))
         return 0

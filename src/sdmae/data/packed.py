@@ -194,6 +194,48 @@ def first_size(source) -> int:
     raise UsageError("no readable tile to take the pack's tile size from; give --size")
 
 
+class _ShardWriter:
+    """Appends tiles to `tiles-NNNNN.u8` files of at most `per_shard` tiles, hashing each as it is written."""
+
+    def __init__(self, folder: Path, per_shard: int):
+        self.folder, self.per_shard = folder, per_shard
+        self.shards: list[dict] = []
+        self.f, self.h, self.n = None, None, 0
+
+    def add(self, tile: np.ndarray) -> None:
+        if self.f is None or self.n == self.per_shard:
+            self.close()
+            name = f"tiles-{len(self.shards):05d}.u8"
+            self.f, self.h, self.n = open(self.folder / name, "wb"), hashlib.sha256(), 0
+            self.shards.append({"file": name})
+        data = np.ascontiguousarray(tile, dtype=np.uint8).tobytes()
+        self.f.write(data)
+        self.h.update(data)
+        self.n += 1
+
+    def close(self) -> None:
+        if self.f is not None and not self.f.closed:
+            self.f.close()
+            self.shards[-1].update(count=self.n, sha256=self.h.hexdigest())
+
+
+@dataclass
+class _Meta:
+    """Per-tile labels, split indices and origins of the tiles packed so far."""
+    labels: list = field(default_factory=list)
+    splits: list = field(default_factory=list)
+    origins: list = field(default_factory=list)
+    split_names: list = field(default_factory=list)
+
+    def add(self, source, i: int) -> None:
+        self.labels.append(source.label(i))
+        s = source.split(i)
+        if s and s not in self.split_names:
+            self.split_names.append(s)
+        self.splits.append(self.split_names.index(s) if s else -1)
+        self.origins.append(source.path(i).replace("\n", " "))
+
+
 def write_pack(source, out: str | Path, size: Optional[int] = None, workers: int = 0, shard_mb: int = 256,
                overwrite: bool = False, progress=None) -> PackResult:
     """Packs every readable tile of `source` (square tiles of `size` px; others are centre-cropped and
@@ -202,20 +244,11 @@ def write_pack(source, out: str | Path, size: Optional[int] = None, workers: int
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists; remove it, choose another --out or pass --overwrite")
     size = size or first_size(source)
-    tile_bytes = size * size * 3
-    per_shard = max(1, (shard_mb << 20) // tile_bytes)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    result = PackResult(out)
-    labels, splits, origins, shards = [], [], [], []
-    split_names: list[str] = []
-    f, h, n_in_shard = None, None, 0
-
-    def close_shard():
-        f.close()
-        shards[-1].update(count=n_in_shard, sha256=h.hexdigest())
-
+    result, meta = PackResult(out), _Meta()
+    writer = _ShardWriter(tmp, max(1, (shard_mb << 20) // (size * size * 3)))
     try:
         for i, tile, resized, path, reason in _tiles(source, size, workers):
             if progress is not None:
@@ -223,41 +256,30 @@ def write_pack(source, out: str | Path, size: Optional[int] = None, workers: int
             if tile is None:
                 result.skipped.append((path, reason))
                 continue
-            if f is None or n_in_shard == per_shard:
-                if f is not None:
-                    close_shard()
-                name = f"tiles-{len(shards):05d}.u8"
-                f, h, n_in_shard = open(tmp / name, "wb"), hashlib.sha256(), 0
-                shards.append({"file": name})
-            data = np.ascontiguousarray(tile, dtype=np.uint8).tobytes()
-            f.write(data)
-            h.update(data)
-            n_in_shard += 1
+            writer.add(tile)
             result.resized += int(resized)
-            labels.append(source.label(i))
-            s = source.split(i)
-            if s and s not in split_names:
-                split_names.append(s)
-            splits.append(split_names.index(s) if s else -1)
-            origins.append(source.path(i).replace("\n", " "))
-        if f is None:
+            meta.add(source, i)
+        if not writer.shards:
             raise UsageError("no readable tiles to pack")
-        close_shard()
-        np.savez(tmp / "meta.npz", labels=np.asarray(labels, np.int32), split=np.asarray(splits, np.int16))
-        (tmp / "origins.txt").write_text("\n".join(origins), encoding="utf-8")
-        result.count = len(labels)
-        index = {"format": FORMAT, "version": VERSION, "tile_size": [size, size], "count": result.count,
-                 "tiles_per_shard": per_shard, "classes": list(source.classes), "splits": split_names,
-                 "shards": shards,
-                 "meta": [{"file": m, "sha256": sha256_file(tmp / m)} for m in ("meta.npz", "origins.txt")],
-                 "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
-                 "created_by": f"sdmae {__version__}"}
-        (tmp / INDEX).write_text(json.dumps(index, indent=1))
+        writer.close()
+        result.count = len(meta.labels)
+        _write_index(tmp, source, size, writer, meta, result)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
-        if f is not None and not f.closed:
-            f.close()
+        writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _write_index(tmp: Path, source, size: int, writer: _ShardWriter, meta: _Meta, result: PackResult) -> None:
+    np.savez(tmp / "meta.npz", labels=np.asarray(meta.labels, np.int32), split=np.asarray(meta.splits, np.int16))
+    (tmp / "origins.txt").write_text("\n".join(meta.origins), encoding="utf-8")
+    index = {"format": FORMAT, "version": VERSION, "tile_size": [size, size], "count": result.count,
+             "tiles_per_shard": writer.per_shard, "classes": list(source.classes), "splits": meta.split_names,
+             "shards": writer.shards,
+             "meta": [{"file": m, "sha256": sha256_file(tmp / m)} for m in ("meta.npz", "origins.txt")],
+             "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+             "created_by": f"sdmae {__version__}"}
+    (tmp / INDEX).write_text(json.dumps(index, indent=1))

@@ -17,7 +17,7 @@ from sdmae.config import DenseConfig, flatten, to_dict
 from sdmae.dense.backbone import layer_decay_groups
 from sdmae.dense.crops import collate
 from sdmae.errors import SdmaeError, UsageError
-from sdmae.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from sdmae.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 
 # Options that do not change what is trained: a run may resume with other values.
 RESUME_FREE = {"ckpt_every", "log_every", "overlays", "overlap", "precision", "seg.instances", "seg.threshold",

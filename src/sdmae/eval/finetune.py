@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import random
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -47,7 +48,7 @@ from sdmae.eval.frozen import options
 from sdmae.eval.labelled import Split, class_space, labels_of, open_split, remap
 from sdmae.eval.metrics import classification_metrics
 from sdmae.train import distributed as D
-from sdmae.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from sdmae.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from sdmae.train.optim import lr_at
 from sdmae.train.step import autocast
 
@@ -147,132 +148,190 @@ def _eval_split(model, dataset, labels, mean, std, ecfg, device, precision, env,
     return classification_metrics(labels[keep], probs[keep].argmax(1), probs[keep], classes)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The fine-tuning run's length and learning rate, in optimiser steps of one global batch."""
+    global_batch: int
+    per_epoch: int
+    total: int
+    epochs: int
+    warmup: int
+    peak: float
+
+    @classmethod
+    def create(cls, ft: FinetuneConfig, n_train: int, world: int) -> "Plan":
+        global_batch = ft.batch_size * world
+        per_epoch = n_train // global_batch
+        if per_epoch == 0:
+            raise UsageError(f"--train has {n_train} labelled tiles, fewer than one global batch of "
+                             f"{global_batch}: lower eval.finetune.batch_size")
+        total = ft.epochs * per_epoch if ft.max_steps is None else min(ft.epochs * per_epoch, ft.max_steps)
+        return cls(global_batch, per_epoch, total, -(-total // per_epoch), int(round(total * ft.warmup_epochs /
+                                                                                     ft.epochs)),
+                   ft.base_lr * global_batch / 256)
+
+
+@dataclass
+class State:
+    """What a checkpoint holds beyond the weights: the step, the evaluations so far, the epoch's losses."""
+    step: int = 0
+    history: list = field(default_factory=list)
+    last: Optional[dict] = None
+    losses: list = field(default_factory=list)
+
+
+def _labelled_splits(train: Split, test: Split, val: Optional[Split], cfg, ecfg: EvalConfig):
+    """(sources by role, class names, labels by role (-1: excluded), indices of the training tiles)."""
+    roles = [("--train", train), ("--test", test)] + ([("--val", val)] if val is not None else [])
+    sources = {role: open_split(split, cfg.data, role) for role, split in roles}
+    classes = class_space(sources["--train"].classes, ecfg.exclude_classes)
+    labels = {role: remap(labels_of(s), s.classes, classes, ecfg.exclude_classes, role) for role, s in sources.items()}
+    return sources, classes, labels, np.flatnonzero(labels["--train"] >= 0)
+
+
+def _objective(ft: FinetuneConfig, n_classes: int):
+    """(timm Mixup / CutMix or None, the loss on its soft or smoothed targets)."""
+    mixup = Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, label_smoothing=ft.smoothing,
+                  num_classes=n_classes) if ft.mixup > 0 or ft.cutmix > 0 else None
+    criterion = (SoftTargetCrossEntropy() if mixup else
+                 LabelSmoothingCrossEntropy(ft.smoothing) if ft.smoothing > 0 else nn.CrossEntropyLoss())
+    return mixup, criterion
+
+
+def _resume(ckpt_path: Path, run_config: dict, model, opt, scaler, env, total: int) -> State:
+    if not ckpt_path.exists():
+        return State()
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt.get("config") != run_config:
+        changed = sorted(k for k in set(run_config) | set(ckpt.get("config", {}))
+                         if run_config.get(k) != ckpt.get("config", {}).get(k))
+        raise UsageError(f"{ckpt_path.parent.parent} holds a fine-tuning run with different settings "
+                         f"({', '.join(changed)}); use another --out")
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    state = State(int(ckpt["step"]), list(ckpt["history"]), ckpt.get("last_eval"), list(ckpt["epoch_losses"]))
+    if env.main:
+        print(f"finetune: resuming {ckpt_path} at step {state.step}/{total}", file=sys.stderr)
+    return state
+
+
+def _train_loader(source, items, labels, size: int, mean, std, ft: FinetuneConfig, ecfg: EvalConfig, seed: int,
+                  env, start: int, total: int) -> DataLoader:
+    transform = create_transform(size, is_training=True, hflip=0.5, vflip=0.5 if ft.vflip else 0.0,
+                                 color_jitter=ft.color_jitter, auto_augment=ft.randaug or None,
+                                 interpolation="bicubic", mean=tuple(mean), std=tuple(std), re_prob=ft.reprob,
+                                 re_mode="pixel", re_count=1)
+    dataset = TrainTiles(source, items, labels[items], transform, seed)
+    sampler = GlobalBatchSampler(len(items), ft.batch_size, env.world, env.rank, seed, start=start, total=total)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=ecfg.num_workers,
+                        pin_memory=env.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
+    D.detach_workers(loader)
+    return loader
+
+
+def _optimizer_step(model, net, opt, scaler, criterion, images, targets, lr: float, ft: FinetuneConfig,
+                    precision: str, device, step: int) -> torch.Tensor:
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    with autocast(precision, device):
+        loss = criterion(net(images), targets)
+    if not torch.isfinite(loss):
+        raise SdmaeError(f"fine-tuning loss is {loss.item()} at step {step}: lower eval.finetune.base_lr")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if ft.clip_grad:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), ft.clip_grad)
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach()
+
+
 def run(encoder: LoadedEncoder, train: Split, test: Split, val: Optional[Split], out_dir: Path,
         overrides: list, seed: int) -> dict:
     ecfg, cfg = options(overrides)
     ft = ecfg.finetune
     if (ft.mixup > 0 or ft.cutmix > 0) and ft.batch_size % 2:
         raise UsageError(f"eval.finetune.batch_size must be even with mixup/cutmix (got {ft.batch_size})")
-    roles = [("--train", train), ("--test", test)] + ([("--val", val)] if val is not None else [])
-    sources = {role: open_split(split, cfg.data, role) for role, split in roles}
-    classes = class_space(sources["--train"].classes, ecfg.exclude_classes)
-    labels = {role: remap(labels_of(s), s.classes, classes, ecfg.exclude_classes, role) for role, s in sources.items()}
-    items = np.flatnonzero(labels["--train"] >= 0)
-
+    sources, classes, labels, items = _labelled_splits(train, test, val, cfg, ecfg)
     env = D.setup(ecfg.device)
-    device = env.device
-    precision = resolve_precision(ft, device)
-    size = encoder.cfg.model.img_size
+    device, precision = env.device, resolve_precision(ft, env.device)
     mean, std = normalisation(encoder)
-    global_batch = ft.batch_size * env.world
-    per_epoch = len(items) // global_batch
-    if per_epoch == 0:
-        raise UsageError(f"--train has {len(items)} labelled tiles, fewer than one global batch of {global_batch}: "
-                         f"lower eval.finetune.batch_size")
-    total = ft.epochs * per_epoch if ft.max_steps is None else min(ft.epochs * per_epoch, ft.max_steps)
-    epochs = -(-total // per_epoch)
-    warmup = int(round(total * ft.warmup_epochs / ft.epochs))
-    peak = ft.base_lr * global_batch / 256
-
+    plan = Plan.create(ft, len(items), env.world)
     torch.manual_seed(seed)
     model = build_classifier(encoder, len(classes), ecfg).to(device)
-    opt = create_optimizer_v2(model, opt="adamw", lr=peak, weight_decay=ft.weight_decay, layer_decay=ft.layer_decay)
+    opt = create_optimizer_v2(model, opt="adamw", lr=plan.peak, weight_decay=ft.weight_decay,
+                              layer_decay=ft.layer_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    mixup = Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, label_smoothing=ft.smoothing,
-                  num_classes=len(classes)) if ft.mixup > 0 or ft.cutmix > 0 else None
-    criterion = (SoftTargetCrossEntropy() if mixup else
-                 LabelSmoothingCrossEntropy(ft.smoothing) if ft.smoothing > 0 else nn.CrossEntropyLoss())
-
+    mixup, criterion = _objective(ft, len(classes))
     run_config = {"finetune": {k: v for k, v in to_dict(ft).items() if k not in RESUME_FREE},
                   "feature_norm": ecfg.feature_norm, "encoder": encoder.source, "classes": classes, "seed": seed,
-                  "global_batch": global_batch, "n_train": int(len(items))}
+                  "global_batch": plan.global_batch, "n_train": int(len(items))}
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    step, history, last, losses = 0, [], None, []
     torch.manual_seed(seed + 1000 * env.rank)  # drop path differs per process
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("config") != run_config:
-            changed = sorted(k for k in set(run_config) | set(ckpt.get("config", {}))
-                             if run_config.get(k) != ckpt.get("config", {}).get(k))
-            raise UsageError(f"{out_dir} holds a fine-tuning run with different settings ({', '.join(changed)}); "
-                             f"use another --out")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step, history, last = int(ckpt["step"]), list(ckpt["history"]), ckpt.get("last_eval")
-        losses = list(ckpt["epoch_losses"])
-        set_rng_state(ckpt["rng"])
-        if env.main:
-            print(f"finetune: resuming {ckpt_path} at step {step}/{total}", file=sys.stderr)
+    st = _resume(ckpt_path, run_config, model, opt, scaler, env, plan.total)
 
-    def save() -> None:
-        if env.main:
-            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                         "step": step, "epoch": step // per_epoch, "history": history, "last_eval": last,
-                         "epoch_losses": losses,
-                         "rng": rng_state(), "config": run_config, "sdmae_version": __version__}, ckpt_path)
-
-    transform = create_transform(size, is_training=True, hflip=0.5, vflip=0.5 if ft.vflip else 0.0,
-                                 color_jitter=ft.color_jitter, auto_augment=ft.randaug or None,
-                                 interpolation="bicubic", mean=tuple(mean), std=tuple(std), re_prob=ft.reprob,
-                                 re_mode="pixel", re_count=1)
-    dataset = TrainTiles(sources["--train"], items, labels["--train"][items], transform, seed)
-    sampler = GlobalBatchSampler(len(items), ft.batch_size, env.world, env.rank, seed, start=step, total=total)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=ecfg.num_workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
-    D.detach_workers(loader)
-    evals = {role: EvalImages(sources[role], size, ecfg.interpolation) for role in sources if role != "--train"}
+    loader = _train_loader(sources["--train"], items, labels["--train"], encoder.cfg.model.img_size, mean, std, ft,
+                           ecfg, seed, env, st.step, plan.total)
+    evals = {role: EvalImages(sources[role], encoder.cfg.model.img_size, ecfg.interpolation)
+             for role in sources if role != "--train"}
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if env.world > 1 else model
+
+    def evaluate(role: str) -> dict:
+        return _eval_split(model, evals[role], labels[role], mean, std, ecfg, device, precision, env, classes)
+
     with D.StopRequest() as stop:
         model.train()
         for images, targets in loader:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             if mixup:
-                np.random.seed((seed * 1_000_003 + step) % 2 ** 32)  # timm's Mixup draws from numpy's global RNG
+                np.random.seed((seed * 1_000_003 + st.step) % 2 ** 32)  # timm's Mixup draws from numpy's global RNG
                 images, targets = mixup(images, targets)
-            lr = lr_at(step, total, warmup, peak, ft.min_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
-            with autocast(precision, device):
-                loss = criterion(net(images), targets)
-            if not torch.isfinite(loss):
-                raise SdmaeError(f"fine-tuning loss is {loss.item()} at step {step}: lower eval.finetune.base_lr")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if ft.clip_grad:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), ft.clip_grad)
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            losses.append(D.mean_across(env, {"loss": loss.detach()})["loss"])  # the global batch's loss
-            epoch_end = step % per_epoch == 0 or step == total
-            epoch = (step - 1) // per_epoch
-            if epoch_end and ((epoch + 1) % ft.eval_every == 0 or step == total):
-                row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": float(np.mean(losses))}
-                last = _eval_split(model, evals["--test"], labels["--test"], mean, std, ecfg, device, precision,
-                                   env, classes)
-                row["test"] = {k: last[k] for k in SUMMARY_KEYS}
-                if "--val" in evals:
-                    v = _eval_split(model, evals["--val"], labels["--val"], mean, std, ecfg, device, precision, env,
-                                    classes)
-                    row["val"] = {k: v[k] for k in SUMMARY_KEYS}
-                history.append(row)
-                losses = []
+            lr = lr_at(st.step, plan.total, plan.warmup, plan.peak, ft.min_lr)
+            loss = _optimizer_step(model, net, opt, scaler, criterion, images, targets, lr, ft, precision, device,
+                                   st.step)
+            st.step += 1
+            st.losses.append(D.mean_across(env, {"loss": loss})["loss"])  # the global batch's loss
+            epoch_end = st.step % plan.per_epoch == 0 or st.step == plan.total
+            if epoch_end and (((st.step - 1) // plan.per_epoch + 1) % ft.eval_every == 0 or st.step == plan.total):
+                _end_of_epoch(st, plan, lr, evaluate, "--val" in evals, env)
                 model.train()
-                if env.main:
-                    print(f"finetune epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}, test balanced "
-                          f"accuracy {last['balanced_accuracy']:.4f}", file=sys.stderr)
             signum = D.agreed_max(env, stop.signum)  # every rank stops at the same step, or none does
-            if epoch_end or (ft.ckpt_every_steps and step % ft.ckpt_every_steps == 0) or signum:
-                save()
-            if signum and step < total:
+            if epoch_end or (ft.ckpt_every_steps and st.step % ft.ckpt_every_steps == 0) or signum:
                 if env.main:
-                    print(f"finetune: stopped at step {step}; run the same command to resume", file=sys.stderr)
+                    _save(ckpt_path, model, opt, scaler, st, plan, run_config)
+            if signum and st.step < plan.total:
+                if env.main:
+                    print(f"finetune: stopped at step {st.step}; run the same command to resume", file=sys.stderr)
                 raise KeyboardInterrupt
-    if last is None:
+    if st.last is None:
         raise SdmaeError(f"{ckpt_path} finished without a test evaluation; remove it to rerun")
-    return {**last, "n_train": int(len(items)), "steps": step, "epochs": epochs, **report(history)}
+    return {**st.last, "n_train": int(len(items)), "steps": st.step, "epochs": plan.epochs, **report(st.history)}
+
+
+def _save(path: Path, model, opt, scaler, st: State, plan: Plan, run_config: dict) -> None:
+    save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                 "step": st.step, "epoch": st.step // plan.per_epoch, "history": st.history, "last_eval": st.last,
+                 "epoch_losses": st.losses, "rng": rng_state(), "config": run_config,
+                 "sdmae_version": __version__}, path)
+
+
+def _end_of_epoch(st: State, plan: Plan, lr: float, evaluate, has_val: bool, env) -> None:
+    """Test (and validation) metrics of the epoch just finished, appended to the history."""
+    epoch = (st.step - 1) // plan.per_epoch + 1
+    row = {"epoch": epoch, "step": st.step, "lr": lr, "train_loss": float(np.mean(st.losses))}
+    st.last = evaluate("--test")
+    row["test"] = {k: st.last[k] for k in SUMMARY_KEYS}
+    if has_val:
+        v = evaluate("--val")
+        row["val"] = {k: v[k] for k in SUMMARY_KEYS}
+    st.history.append(row)
+    st.losses = []
+    if env.main:
+        print(f"finetune epoch {epoch}/{plan.epochs}: loss {row['train_loss']:.4f}, test balanced "
+              f"accuracy {st.last['balanced_accuracy']:.4f}", file=sys.stderr)
 
 
 def report(history: list) -> dict:

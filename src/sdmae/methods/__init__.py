@@ -1,16 +1,16 @@
-"""Pre-training methods. Each is an nn.Module whose forward(batch) returns {"loss": ..., parts...} and whose
-sample_fn() does the per-sample work (crops, masks, views) in the data workers."""
+"""Pre-training methods, each a `Method` (methods/base.py): the only interface the training loop uses."""
 from __future__ import annotations
-
-import torch.nn as nn
 
 from sdmae.config import Config
 from sdmae.errors import UsageError
+from sdmae.methods.base import Method
+
+__all__ = ["METHODS", "Method", "build_method"]
 
 METHODS = ("sdmae", "mae", "mocov3", "dino")
 
 
-def build_method(cfg: Config) -> nn.Module:
+def build_method(cfg: Config) -> Method:
     name = cfg.method.name
     if name == "sdmae":
         from sdmae.methods.sdmae import SDMAE

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
 from sdmae.config import Config
+from sdmae.methods.base import Method
 from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.ema import cosine_momentum, ema_update, frozen_copy, update_center
 from sdmae.methods.views import MultiViewSampleFn, global_specs, local_specs
@@ -51,17 +52,17 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
     return sum(terms) / len(terms), probs, log_q
 
 
-class DINO(nn.Module):
+class DINO(Method):
     name = "dino"
 
     def __init__(self, cfg: Config):
         super().__init__()
         m, s = cfg.model, cfg.method
         self.cfg, self.s = cfg, s
-        self.student_encoder = build_encoder(m.name, m.img_size, m.pos_embed, m.drop_path)
+        self.student_encoder = build_encoder(m.name, m.img_size, m.pos_embed, m.drop_path, m.init)
         self.student_head = DINOHead(self.student_encoder.embed_dim, m.head_out_dim, m.head_hidden_dim,
-                                     m.head_bottleneck_dim)
-        teacher = build_encoder(m.name, m.img_size, m.pos_embed)  # the teacher has no drop path
+                                     m.head_bottleneck_dim, init=m.init)
+        teacher = build_encoder(m.name, m.img_size, m.pos_embed, init=m.init)  # the teacher has no drop path
         teacher.load_state_dict(self.student_encoder.state_dict())
         self.encoder = teacher.requires_grad_(False)
         self.teacher_head = frozen_copy(self.student_head)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from sdmae.config import Config
 from sdmae.data.transforms import PretrainTransform
+from sdmae.methods.base import Method, loss_precision
 from sdmae.methods.masking import MaskSampler, normalize_targets, patchify, split_ids
 from sdmae.models import MaskedDecoder, build_encoder
 
@@ -28,26 +28,40 @@ class MaskedSampleFn:
         return out
 
 
-class MAE(nn.Module):
+class MAE(Method):
     name = "mae"
+    can_reconstruct = True
 
     def __init__(self, cfg: Config):
         super().__init__()
         m = cfg.model
         self.cfg = cfg
-        self.encoder = build_encoder(m.name, m.img_size, m.pos_embed, m.drop_path)
+        self.encoder = build_encoder(m.name, m.img_size, m.pos_embed, m.drop_path, m.init)
         grid = m.img_size // self.encoder.patch_size
         self.decoder = MaskedDecoder(self.encoder.embed_dim, grid, self.encoder.patch_size, m.decoder_dim,
-                                     m.decoder_depth, m.decoder_heads, m.pos_embed)
+                                     m.decoder_depth, m.decoder_heads, m.pos_embed, init=m.init)
         self.target_norm = cfg.method.target_norm
         self.num_mask = num_masked(cfg, self.encoder.num_patches)  # what sample_fn's masks hide, per image
+        aug = cfg.data.aug  # the input normalisation, undone for the targets (not saved: it is in the config)
+        self.register_buffer("pixel_mean", torch.tensor(aug.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(aug.std).view(1, 3, 1, 1), persistent=False)
 
     def sample_fn(self) -> MaskedSampleFn:
         return MaskedSampleFn(self.cfg, self.encoder.num_patches)
 
+    def pixel_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> their patches in [0, 1] pixels (B, N, p*p*3), as the official code targets them:
+        the per-patch normalisation's 1e-6 then acts on pixel scale, whatever the input normalisation."""
+        return patchify(images * self.pixel_std + self.pixel_mean, self.encoder.patch_size)
+
+    def to_input_space(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of the un-normalisation in `pixel_patches`, for patches (B, K, p*p*3) in (y, x, c) order."""
+        p2 = self.encoder.patch_size ** 2
+        return (patches - self.pixel_mean.flatten().repeat(p2)) / self.pixel_std.flatten().repeat(p2)
+
     def targets(self, images: torch.Tensor, ids_mask: torch.Tensor) -> torch.Tensor:
         """Normalised pixel targets of the masked patches: (B, M, p*p*3)."""
-        patches = patchify(images, self.encoder.patch_size)
+        patches = self.pixel_patches(images)
         masked = torch.gather(patches, 1, ids_mask[..., None].expand(-1, -1, patches.shape[-1]))
         return normalize_targets(masked, self.target_norm)
 
@@ -64,7 +78,7 @@ class MAE(nn.Module):
         z, h, pred, _, ids_mask = self.encode_decode(images, mask, self.num_mask)
         with torch.no_grad():
             target = self.targets(images, ids_mask)
-        return z, h, F.mse_loss(pred.float(), target.float())
+        return z, h, F.mse_loss(loss_precision(pred), loss_precision(target))
 
     def forward(self, batch: dict) -> dict:
         _, _, loss_rec = self.reconstruction(batch)

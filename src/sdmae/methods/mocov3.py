@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sdmae.config import Config
+from sdmae.methods.base import Method
 from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.ema import cosine_momentum, ema_update, frozen_copy
 from sdmae.methods.global_bn import GlobalBatchNorm1d, world_size
@@ -62,19 +63,19 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, temp: float) -> tuple[torch.Tenso
     return loss, (logits.argmax(dim=1) == labels).float().mean()
 
 
-class MoCoV3(nn.Module):
+class MoCoV3(Method):
     name = "mocov3"
 
     def __init__(self, cfg: Config):
         super().__init__()
         m, s = cfg.model, cfg.method
         self.cfg = cfg
-        self.encoder = build_encoder(m.name, m.img_size, m.pos_embed, m.drop_path)
+        self.encoder = build_encoder(m.name, m.img_size, m.pos_embed, m.drop_path, m.init)
         if s.frozen_patch_embed:  # "random patch projection": the patch embedding keeps its random weights
             self.encoder.patch_embed.requires_grad_(False)
         self.projector = build_mlp(3, self.encoder.embed_dim, s.moco_mlp_dim, s.moco_dim)
         self.predictor = build_mlp(2, s.moco_dim, s.moco_mlp_dim, s.moco_dim)
-        momentum_encoder = build_encoder(m.name, m.img_size, m.pos_embed)  # no drop path in the key branch
+        momentum_encoder = build_encoder(m.name, m.img_size, m.pos_embed, init=m.init)  # no drop path in the key branch
         momentum_encoder.load_state_dict(self.encoder.state_dict())
         self.momentum_encoder = momentum_encoder.requires_grad_(False)
         self.momentum_projector = frozen_copy(self.projector)

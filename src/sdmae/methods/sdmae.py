@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from sdmae.config import Config
+from sdmae.methods.base import loss_precision
 from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.ema import update_center
 from sdmae.methods.mae import MAE
@@ -27,10 +28,15 @@ class SDMAE(MAE):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         m, s = cfg.model, cfg.method
-        self.student_head = DINOHead(self.encoder.embed_dim, m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim)
-        self.teacher_head = DINOHead(m.decoder_dim, m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim)
+        self.student_head = DINOHead(self.encoder.embed_dim, m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim,
+                                     init=m.init)
+        self.teacher_head = DINOHead(m.decoder_dim, m.head_out_dim, m.head_hidden_dim, m.head_bottleneck_dim, init=m.init)
         self.register_buffer("center", torch.zeros(1, m.head_out_dim))
         self.s = s
+
+    def has_unused_parameters(self) -> bool:
+        """p = 0 trains no head; a stopped teacher gradient leaves the teacher head without one."""
+        return self.s.p == 0 or self.s.teacher_stop_grad
 
     def forward(self, batch: dict) -> dict:
         z, h, loss_rec = self.reconstruction(batch)
@@ -38,8 +44,8 @@ class SDMAE(MAE):
         if self.s.p == 0:
             out["loss"] = loss_rec
             return out
-        student = self.student_head.forward_mean(z, self.s.head_shortcut).float()
-        teacher = self.teacher_head.forward_mean(h, self.s.head_shortcut).float()
+        student = loss_precision(self.student_head.forward_mean(z, self.s.head_shortcut))
+        teacher = loss_precision(self.teacher_head.forward_mean(h, self.s.head_shortcut))
         if self.s.teacher_stop_grad:  # paper text / DINO: no gradient through the teacher branch at all
             teacher = teacher.detach()
         loss_sd, probs, log_q = distillation_loss(student, teacher, self.center, self.s.student_temp,

@@ -8,6 +8,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import Block
 
 from sdmae.models.pos_embed import sincos
+from sdmae.models.init import init_linears_and_norms, official_trunc_normal_, qv_bias_only
 
 
 class MaskedDecoder(nn.Module):
@@ -15,7 +16,7 @@ class MaskedDecoder(nn.Module):
     linear pixel head applied at masked positions only."""
 
     def __init__(self, enc_dim: int, grid: int, patch_size: int, dim: int = 192, depth: int = 4,
-                 heads: int = 3, pos_embed: str = "1d", in_chans: int = 3):
+                 heads: int = 3, pos_embed: str = "1d", in_chans: int = 3, init: str = "official"):
         super().__init__()
         self.embed = nn.Linear(enc_dim, dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -25,12 +26,19 @@ class MaskedDecoder(nn.Module):
                                     for _ in range(depth))
         self.norm = norm(dim)
         self.pred = nn.Linear(dim, patch_size * patch_size * in_chans)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.init_weights(init)
+        qv_bias_only(self.blocks)
+
+    def init_weights(self, init: str = "official") -> None:
+        """`official`: xavier blocks and pixel head, the encoder-to-decoder projection keeps PyTorch's Linear
+        default (the official code never applies its initialiser to it), mask token trunc_normal(0.02) cut at
+        one std; `mae`: xavier everywhere, mask token normal(0.02)."""
+        init_linears_and_norms(self)
+        if init == "official":
+            self.embed.reset_parameters()
+            official_trunc_normal_(self.mask_token, std=0.02)
+        else:
+            nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, z: torch.Tensor, ids_keep: torch.Tensor, ids_mask: torch.Tensor):
         """Visible encoder tokens (B, V, De) -> (pixel predictions at masked positions (B, M, p*p*c),

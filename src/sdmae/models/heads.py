@@ -7,10 +7,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sdmae.models.init import official_trunc_normal_
+
 
 class DINOHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3):
+                 nlayers: int = 3, init: str = "official"):
         super().__init__()
         layers: list[nn.Module] = []
         dims = [in_dim] + [hidden_dim] * (nlayers - 1)
@@ -18,9 +20,12 @@ class DINOHead(nn.Module):
             layers += [nn.Linear(a, b), nn.GELU()]
         layers.append(nn.Linear(dims[-1], bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
-        for m in self.mlp.modules():
+        for m in self.mlp.modules():  # official: trunc_normal(0.02) cut at one std; mae (DINO's): at 2 absolute
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                if init == "official":
+                    official_trunc_normal_(m.weight, std=0.02)
+                else:
+                    nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
         # weight_norm(Linear) with g fixed at 1 is Linear with unit-norm rows: keep the direction only.
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)

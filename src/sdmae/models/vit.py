@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from sdmae.errors import UsageError
+from sdmae.models.init import init_linears_and_norms, qv_bias_only
 from sdmae.models.pos_embed import sincos
 
 # name -> (patch size, width, depth, heads)
@@ -42,7 +43,8 @@ def timm_model_args(name: str, img_size: int) -> dict:
 class MaskedViT(VisionTransformer):
     """timm ViT plus `forward_visible`, which embeds and encodes only the kept patches."""
 
-    def __init__(self, name: str, img_size: int, pos_embed: str = "1d", drop_path: float = 0.0):
+    def __init__(self, name: str, img_size: int, pos_embed: str = "1d", drop_path: float = 0.0,
+                 init: str = "official"):
         if name not in ARCHS:
             raise UsageError(f"unknown model.name '{name}' (known: {', '.join(ARCHS)})")
         patch = ARCHS[name][0]
@@ -56,21 +58,20 @@ class MaskedViT(VisionTransformer):
         self.pos_embed.requires_grad_(False)  # fixed, never trained
         with torch.no_grad():
             self.pos_embed.copy_(sincos(pos_embed, grid, grid, self.embed_dim)[None])
-        self._init_weights_mae()
+        self.init_weights(init)
+        qv_bias_only(self.blocks)
 
-    def _init_weights_mae(self) -> None:
-        """MAE's initialisation: xavier-uniform linears (patch embedding viewed as one), zero biases."""
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        nn.init.zeros_(self.patch_embed.proj.bias)
+    def init_weights(self, init: str = "official") -> None:
+        """`official` (the SD-MAE code): xavier linears, and the patch embedding keeps PyTorch's Conv2d
+        default (kaiming-uniform weight, uniform bias); `mae`: the patch embedding too is xavier (viewed as a
+        linear layer) with a zero bias."""
+        init_linears_and_norms(self)
+        proj = self.patch_embed.proj
+        if init == "official":
+            proj.reset_parameters()
+        else:
+            nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+            nn.init.zeros_(proj.bias)
 
     @property
     def patch_size(self) -> int:
@@ -105,5 +106,6 @@ class MaskedViT(VisionTransformer):
         return self.forward_features(x)
 
 
-def build_encoder(name: str, img_size: int, pos_embed: str = "1d", drop_path: float = 0.0) -> MaskedViT:
-    return MaskedViT(name, img_size, pos_embed, drop_path)
+def build_encoder(name: str, img_size: int, pos_embed: str = "1d", drop_path: float = 0.0,
+                  init: str = "official") -> MaskedViT:
+    return MaskedViT(name, img_size, pos_embed, drop_path, init)

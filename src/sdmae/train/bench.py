@@ -25,7 +25,7 @@ from sdmae.config import Config, load_config
 from sdmae.errors import UsageError
 from sdmae.methods import build_method
 from sdmae.train.distributed import pick_device
-from sdmae.train.loop import move_batch
+from sdmae.data.batch import move_batch
 from sdmae.train.optim import build_optimizer
 from sdmae.train.step import AMP, Stepper, compile_blocks, resolve_precision
 
@@ -117,8 +117,7 @@ def bench_train(cfg: Config, steps: int = 10, warmup: int = 3) -> dict:
     total = warmup + steps
 
     def step(i: int) -> None:
-        if hasattr(method, "set_progress"):
-            method.set_progress(i, total, total)
+        method.set_progress(i, total, total)
         stepper.forward_backward(move_batch(batches[i % 2], device, cfg))
         stepper.optimizer_step(lr, i, total, total)
 

@@ -1,68 +1,77 @@
-"""Checkpoints: atomic writes, and reads that never unpickle code (weights_only=True)."""
+"""Pre-training checkpoints: what they hold, when they are written and how a run resumes from them. The file
+I/O (atomic writes, reads that never unpickle code) is `sdmae.checkpoint`."""
 from __future__ import annotations
 
-import os
-import pickle
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from sdmae.errors import SdmaeError
+from sdmae import __version__
+from sdmae.checkpoint import load_checkpoint, rng_state, set_rng_state
+from sdmae.config import Config, TrainConfig, diff_training_keys, to_dict
+from sdmae.errors import UsageError
 
 
-class UnsafeCheckpointError(SdmaeError):
-    pass
-
-
-def save_atomic(obj, path: str | Path) -> None:
-    """Write to a temp file in the same folder, fsync, rename over `path`, fsync the folder: a crash at any
-    point leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Loads a checkpoint as plain tensors and containers only. A file carrying pickled objects (which could
-    run code) is refused, never executed."""
-    path = Path(path)
-    if not path.is_file():
-        raise SdmaeError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: it holds pickled Python objects, not only tensors, and loading it could "
-            f"run arbitrary code (weights_only=True rejected it: {str(e).splitlines()[0]})") from e
-    except Exception as e:
-        raise SdmaeError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise SdmaeError(f"{path} is not an sdmae checkpoint (no 'model' entry)")
+def resume_state(out: Path, cfg: Config) -> Optional[dict]:
+    """The checkpoint to resume from, after checking that it trains the same thing as `cfg`."""
+    last = out / "checkpoints" / "last.pt"
+    if not last.exists():
+        return None
+    ckpt = load_checkpoint(last)
+    changed = diff_training_keys(ckpt.get("config", {}), to_dict(cfg))
+    if changed:
+        raise UsageError(f"{out} holds a run with a different config; refusing to resume. Differing keys: "
+                         f"{', '.join(changed)} (use another --out, or the same settings)")
     return ckpt
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def training_state(method, opt, scaler, step: int, epoch: int, cfg: Config) -> dict:
+    """Everything needed to resume exactly: weights, optimiser and scaler state, step, RNG, config."""
+    return {"model": method.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+            "step": step, "epoch": epoch, "rng": rng_state(), "config": to_dict(cfg),
+            "method": cfg.method.name, "sdmae_version": __version__}
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore(ckpt: dict, method: torch.nn.Module, opt, scaler) -> int:
+    """Loads a `training_state` into the run's objects; returns the step to continue from."""
+    method.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["step"])
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """After which optimiser steps `last.pt` is rewritten and which `epoch_XXXX.pt` files are kept."""
+
+    steps_per_epoch: int
+    total: int
+    every_steps: int = 0  # 0: at epoch ends and at the end only
+    every_epochs: int = 1  # 0: never at epoch ends
+    keep_every_epochs: int = 0  # 0: keep none
+
+    @classmethod
+    def create(cls, t: TrainConfig, steps_per_epoch: int, total: int) -> "CheckpointPolicy":
+        return cls(steps_per_epoch, total, t.ckpt_every_steps, t.ckpt_every_epochs, t.keep_every_epochs)
+
+    def epoch(self, step: int) -> int:
+        """Epochs completed after `step` optimiser steps (what a checkpoint records)."""
+        return step // self.steps_per_epoch
+
+    def save_last(self, step: int) -> bool:
+        """Whether `last.pt` is written after `step` steps (counted from 1)."""
+        epochs = self.epoch(step)
+        epoch_end = step % self.steps_per_epoch == 0
+        return (step == self.total or (epoch_end and self.every_epochs > 0 and epochs % self.every_epochs == 0)
+                or (self.every_steps > 0 and step % self.every_steps == 0))
+
+    def keep(self, step: int) -> Optional[str]:
+        """The name of the epoch checkpoint kept after `step` steps, or None."""
+        epochs = self.epoch(step)
+        if step % self.steps_per_epoch == 0 and self.keep_every_epochs > 0 and epochs % self.keep_every_epochs == 0:
+            return f"epoch_{epochs:04d}.pt"
+        return None

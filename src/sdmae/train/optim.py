@@ -1,10 +1,14 @@
-"""AdamW with the usual parameter groups and a per-step warm-up + cosine learning-rate schedule."""
+"""AdamW with the usual parameter groups, and the run's length and per-step warm-up + cosine learning rate."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from sdmae.config import Config
+from sdmae.errors import UsageError
 
 NO_DECAY_NAMES = ("pos_embed", "mask_token", "cls_token")
 
@@ -40,3 +44,35 @@ def lr_at(step: int, total: int, warmup: int, peak: float, final: float) -> floa
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return final + (peak - final) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run is and how its learning rate moves, in optimiser steps of one global batch."""
+
+    steps_per_epoch: int
+    total: int
+    warmup: int
+    peak_lr: float
+    min_lr: float
+    accum: int
+    global_batch: int
+
+    @classmethod
+    def create(cls, cfg: Config, tiles: int, world: int) -> "Schedule":
+        """Linear scaling (lr = base_lr * global batch / 256); warm-up epochs as a share of train.epochs."""
+        accum = cfg.optim.accum_steps
+        global_batch = cfg.data.batch_size * world * accum
+        steps_per_epoch = tiles // (cfg.data.batch_size * world) // accum
+        if steps_per_epoch == 0:
+            raise UsageError(f"the data has {tiles} tiles, fewer than one global batch of {global_batch}: "
+                             f"lower data.batch_size")
+        total = cfg.train.epochs * steps_per_epoch
+        if cfg.train.max_steps:
+            total = min(total, cfg.train.max_steps)
+        warmup = int(round(total * cfg.optim.warmup_epochs / cfg.train.epochs))
+        return cls(steps_per_epoch, total, warmup, cfg.optim.base_lr * global_batch / 256, cfg.optim.min_lr,
+                   accum, global_batch)
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total, self.warmup, self.peak_lr, self.min_lr)

@@ -12,6 +12,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import Block
 
 from sdmae.config import Config
+from sdmae.methods import Method
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,7 +44,7 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> nn.Module:
 class Stepper:
     """Runs `method` (through its DDP wrapper `ddp` in a multi-process run) and steps `opt`."""
 
-    method: nn.Module
+    method: Method
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     precision: str
@@ -69,10 +70,8 @@ class Stepper:
         if self.clip_grad:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.clip_grad)
-        if hasattr(self.method, "before_optimizer_step"):
-            self.method.before_optimizer_step(step, steps_per_epoch)  # e.g. DINO freezes its last layer early on
+        self.method.before_optimizer_step(step, steps_per_epoch)  # e.g. DINO freezes its last layer early on
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
-        if hasattr(self.method, "after_optimizer_step"):
-            self.method.after_optimizer_step(step, total)  # e.g. EMA teacher update
+        self.method.after_optimizer_step(step, total)  # e.g. EMA teacher update

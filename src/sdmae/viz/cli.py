@@ -1,6 +1,8 @@
 """`sdmae viz {reconstruct,attention,embedding,curves}`: the parsers (heavy imports wait until a command runs)."""
 from __future__ import annotations
 
+from sdmae.argparsing import Parser
+
 DATA_HELP = "folders, class trees or slides (default: the built-in CC0 sample slide)"
 SET_HELP = "data overrides, e.g. --set data.tile_size=512 data.level=1"
 
@@ -89,8 +91,6 @@ def add_curves(group) -> None:
 
 
 def add_viz(sub) -> None:
-    from sdmae.cli import Parser
-
     p = sub.add_parser("viz", help="pictures: reconstructions, attention maps, embeddings, training curves")
     group = p.add_subparsers(dest="picture", required=True, parser_class=Parser)
     for add in (add_reconstruct, add_attention, add_embedding, add_curves):

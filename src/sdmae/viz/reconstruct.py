@@ -23,16 +23,16 @@ def reconstruct(method, images: torch.Tensor, mask: torch.Tensor) -> dict:
     normalised space: `masked` (hidden patches zeroed), `pred` (predictions at masked patches, zero at
     visible ones) and `pasted` (the prediction with the input's visible patches pasted back).
 
-    Predictions are de-normalised with each masked patch's own mean and std, inverting the target
-    normalisation."""
+    Predictions are de-normalised with each masked patch's own mean and std in pixels (the targets' space),
+    inverting the target normalisation, then mapped back to the input's normalisation."""
     p = method.encoder.patch_size
     _, _, pred, ids_keep, ids_mask = method.encode_decode(images, mask)
     patches = patchify(images, p)
-    masked_true = torch.gather(patches, 1, ids_mask[..., None].expand(-1, -1, patches.shape[-1]))
-    mean, scale = patch_stats(masked_true, method.target_norm)
-    pixels = pred.float() * scale + mean
+    index = ids_mask[..., None].expand(-1, -1, patches.shape[-1])
+    mean, scale = patch_stats(torch.gather(method.pixel_patches(images), 1, index), method.target_norm)
+    predicted = method.to_input_space(pred.float() * scale + mean)
     pred_full = torch.zeros_like(patches)
-    pred_full.scatter_(1, ids_mask[..., None].expand_as(pixels), pixels)
+    pred_full.scatter_(1, index, predicted)
     keep = (~mask)[..., None].to(patches.dtype)
     return {
         "masked": unpatchify(patches * keep, p),
@@ -83,7 +83,7 @@ def load_method(ckpt_path: str):
     """The full pre-training model of a checkpoint, in eval mode, and its config."""
     from sdmae.config import load_config
     from sdmae.methods import build_method
-    from sdmae.train.checkpoint import load_checkpoint
+    from sdmae.checkpoint import load_checkpoint
 
     path = Path(ckpt_path)
     if path.is_dir():
@@ -94,7 +94,7 @@ def load_method(ckpt_path: str):
     ckpt = load_checkpoint(path)
     cfg = load_config(base=ckpt.get("config", {}))
     method = build_method(cfg)
-    if not hasattr(method, "encode_decode"):
+    if not method.can_reconstruct:
         raise UsageError(f"{path} was trained with method '{cfg.method.name}', which has no pixel decoder")
     missing, unexpected = method.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:

@@ -17,7 +17,7 @@ from sdmae.data.loader import GlobalBatchSampler, PretrainDataset, build_loader,
 from sdmae.data.sources import open_sources
 from sdmae.methods import build_method
 from sdmae.train.distributed import pick_device
-from sdmae.train.loop import move_batch
+from sdmae.data.batch import move_batch
 
 
 def bench_data(cfg: Config, data: Optional[Sequence[str]], batches: int = 80, warmup: int = 2) -> dict:

@@ -1,0 +1,68 @@
+"""Checkpoints: atomic writes, and reads that never unpickle code (weights_only=True)."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from sdmae.errors import SdmaeError
+
+
+class UnsafeCheckpointError(SdmaeError):
+    pass
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """Write to a temp file in the same folder, fsync, rename over `path`, fsync the folder: a crash at any
+    point leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Loads a checkpoint as plain tensors and containers only. A file carrying pickled objects (which could
+    run code) is refused, never executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise SdmaeError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it holds pickled Python objects, not only tensors, and loading it could "
+            f"run arbitrary code (weights_only=True rejected it: {str(e).splitlines()[0]})") from e
+    except Exception as e:
+        raise SdmaeError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise SdmaeError(f"{path} is not an sdmae checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

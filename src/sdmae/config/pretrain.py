@@ -1,0 +1,233 @@
+"""Pre-training configuration: the typed `Config` of `sdmae pretrain`, its built-in recipes and its checks.
+
+One `Config` describes a whole run. Every key is typed; an unknown key or a value of the wrong type
+raises `ConfigError` naming the key, before anything expensive starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from sdmae.config.loading import ConfigError, apply_mapping, flatten, nest, parse_override, read_yaml_mapping, to_dict
+
+RECIPES = Path(__file__).resolve().parent.parent / "configs"
+DEMO_RECIPE = RECIPES / "demo_cpu.yaml"
+
+
+def recipe_path(name: str) -> Path:
+    """A path, or the name of a built-in recipe (`sdmae pretrain --config pcam_sdmae_vits16`)."""
+    p = Path(name)
+    if not p.exists() and (RECIPES / f"{name}.yaml").exists():
+        return RECIPES / f"{name}.yaml"
+    return p
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_small_patch16"  # vit_{tiny,small,base}_patch{16,8}
+    img_size: int = 224
+    pos_embed: str = "1d"  # fixed sine-cosine: "1d" (official SD-MAE code) or "2d" (MAE)
+    drop_path: float = 0.0
+    init: str = "official"  # "official" (SD-MAE code: ViT, decoder, heads) or "mae" (MAE / DINO references)
+    decoder_dim: int = 192
+    decoder_depth: int = 4
+    decoder_heads: int = 3
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    head_out_dim: int = 4096
+
+
+@dataclass
+class ViewsConfig:
+    """Two-view / multi-crop augmentation of MoCo v3 and DINO (the BYOL set). Flips, 90-degree rotations and
+    HED jitter come from data.aug, shared with MAE and SD-MAE."""
+    global_scale: Optional[list] = None  # crop scale of the two global views; None: [0.08, 1] MoCo v3, [0.4, 1] DINO
+    local_crops: int = 8  # DINO's small views (0: two global views only)
+    local_size: Optional[int] = None  # None: 96/224 of model.img_size, rounded to whole patches
+    local_scale: list = field(default_factory=lambda: [0.05, 0.4])
+    jitter: list = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: list = field(default_factory=lambda: [1.0, 0.1])  # first and second global view
+    local_blur_p: float = 0.5
+    blur_sigma: list = field(default_factory=lambda: [0.1, 2.0])  # in pixels of a 224 px crop, scaled to the crop
+    solarize_p: list = field(default_factory=lambda: [0.0, 0.2])  # first and second global view
+
+
+@dataclass
+class MethodConfig:
+    name: str = "sdmae"  # sdmae | mae | mocov3 | dino
+    mask_ratio: float = 0.75
+    p: float = 0.2  # weight of the self-distillation loss
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    center_momentum: float = 0.9
+    center_on: str = "probs"  # "probs" (official code) or "logits" (DINO)
+    teacher_stop_grad: bool = False  # official code: gradients flow through the teacher branch too
+    target_norm: str = "per_channel"  # "per_channel" (official code), "joint" (MAE) or "none"
+    head_shortcut: bool = True  # mean over tokens before the heads' linear last layer (exact)
+    # MoCo v3 and DINO (docs/methods.md)
+    momentum: Optional[float] = None  # momentum encoder / EMA teacher, cosine to 1; None: 0.99 MoCo v3, 0.996 DINO
+    moco_temp: float = 0.2  # InfoNCE temperature
+    moco_dim: int = 256  # projector / predictor output
+    moco_mlp_dim: int = 4096  # projector / predictor hidden width
+    frozen_patch_embed: bool = False  # MoCo v3's random patch projection, never trained
+    warmup_teacher_temp: float = 0.04  # DINO: teacher temperature at step 0, linear to teacher_temp
+    warmup_teacher_temp_epochs: float = 0.0
+    freeze_last_layer_epochs: float = 1.0  # DINO: the head's last layer is not updated during these epochs
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+
+
+@dataclass
+class AugConfig:
+    crop: str = "official"  # "official": RandomResizedCrop defaults; "mae": scale (0.2, 1), bicubic; "none": resize
+    crop_scale_min: float = 0.08
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    hed_jitter: float = 0.0  # sigma of the HED stain perturbation (Tellez et al.), 0 = off
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
+    # where crops, flips and rotations of fixed-size tiles (packed, HDF5, slides) run: "device" = batched on the
+    # training device (workers only slice uint8 tiles), "workers" = per sample with PIL; "auto": device on CUDA
+    crop_on: str = "auto"
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 64  # per process
+    num_workers: int = 4
+    strict: bool = False  # stop before training on any unreadable file
+    tile_size: int = 224  # tiles cut from whole-slide images
+    mpp: Optional[float] = None  # microns per pixel of slide tiles (None: level below)
+    level: int = 0
+    tissue_min: float = 0.5  # fraction of a slide tile that must be tissue
+    prescan: bool = True  # decode every image file once before training, to skip (or, strict, stop on) bad ones
+    verify: bool = True  # recompute packed files' checksums when they are opened
+    aug: AugConfig = field(default_factory=AugConfig)
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 6e-4  # per 256 images; lr = base_lr * global_batch / 256
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 5.0
+    clip_grad: Optional[float] = None
+    accum_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    max_steps: Optional[int] = None  # run length (and schedule length) in optimiser steps when set
+    ckpt_every_steps: int = 0  # 0: only at epoch ends and at the end
+    ckpt_every_epochs: int = 1  # last.pt at the end of every N-th epoch (0: never at epoch ends)
+    keep_every_epochs: int = 20  # also keep checkpoints/epoch_XXXX.pt every N epochs
+    log_every: int = 1
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    tensorboard: bool = False
+    reconstructions: bool = True  # write OUT/reconstructions.png at the end
+    # kNN monitoring (sdmae.eval.monitor): every knn_every steps, kNN accuracy of the encoder on a small labelled
+    # set, logged to log.jsonl; 0 = off
+    knn_every: int = 0
+    knn_train: Optional[str] = None  # labelled tiles for the kNN memory (class tree, CSV, ...)
+    knn_test: Optional[str] = None  # labelled tiles to classify
+    knn_max: int = 1000  # at most this many tiles of each set (a fixed random subset)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
+                base: Optional[dict] = None) -> Config:
+    """Defaults, then `base` (e.g. a checkpoint's config), then the YAML file, then `--set` overrides."""
+    cfg = Config()
+    if base:
+        apply_mapping(cfg, base)
+    if path:
+        apply_mapping(cfg, read_yaml_mapping(recipe_path(path), f"config file {path}"))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        apply_mapping(cfg, nest(key, value))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    choices = {
+        "model.pos_embed": ("1d", "2d"),
+        "model.init": ("official", "mae"),
+        "method.name": ("sdmae", "mae", "mocov3", "dino"),
+        "method.center_on": ("probs", "logits"),
+        "method.target_norm": ("per_channel", "joint", "none"),
+        "data.aug.crop": ("official", "mae", "none"),
+        "data.aug.crop_on": ("auto", "device", "workers"),
+        "train.precision": ("auto", "fp32", "bf16", "fp16"),
+        "train.device": ("auto", "cpu", "cuda"),
+    }
+    flat = flatten(to_dict(cfg))
+    for key, allowed in choices.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {flat[key]!r}")
+    if not 0.0 <= cfg.method.mask_ratio < 1.0:
+        raise ConfigError(f"config key 'method.mask_ratio' must be in [0, 1), got {cfg.method.mask_ratio}")
+    if not 0.0 <= cfg.method.p <= 1.0:
+        raise ConfigError(f"config key 'method.p' must be in [0, 1], got {cfg.method.p}")
+    for key in ("data.batch_size", "train.epochs", "optim.accum_steps", "model.img_size", "train.log_every"):
+        if flat[key] < 1:
+            raise ConfigError(f"config key '{key}' must be at least 1, got {flat[key]}")
+    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
+        raise ConfigError(f"config key 'train.max_steps' must be at least 1, got {cfg.train.max_steps}")
+    if cfg.data.num_workers < 0:
+        raise ConfigError("config key 'data.num_workers' must be >= 0")
+    _validate_views(cfg.method)
+
+
+def _validate_views(m: MethodConfig) -> None:
+    v = m.views
+    for key, n in (("global_scale", 2), ("local_scale", 2), ("jitter", 4), ("blur_p", 2), ("blur_sigma", 2),
+                   ("solarize_p", 2)):
+        value = getattr(v, key)
+        if value is not None and (len(value) != n or not all(isinstance(x, (int, float)) for x in value)):
+            raise ConfigError(f"config key 'method.views.{key}' expects {n} numbers, got {value!r}")
+    if v.local_crops < 0:
+        raise ConfigError(f"config key 'method.views.local_crops' must be >= 0, got {v.local_crops}")
+    if m.momentum is not None and not 0.0 <= m.momentum <= 1.0:
+        raise ConfigError(f"config key 'method.momentum' must be in [0, 1], got {m.momentum}")
+    if m.moco_temp <= 0:
+        raise ConfigError(f"config key 'method.moco_temp' must be > 0, got {m.moco_temp}")
+
+
+
+# Keys that may change when a run is resumed: they do not change what is trained.
+RESUME_FREE_KEYS = {
+    "data.num_workers", "train.ckpt_every_steps", "train.ckpt_every_epochs", "train.keep_every_epochs", "train.log_every",
+    "train.device", "train.compile", "train.tensorboard", "train.reconstructions",
+    "train.knn_every", "train.knn_train", "train.knn_test", "train.knn_max",
+    "data.prescan", "data.verify",
+}
+
+
+def diff_training_keys(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ between two configs, ignoring RESUME_FREE_KEYS."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in set(a) | set(b) if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
