@@ -118,6 +118,7 @@ def test_run_writes_outputs_and_is_deterministic(tmp_path, tiny_overrides):
     rows = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert {"step", "epoch", "loss", "lr", "images_per_s", "loss_rec", "loss_sd"} <= set(rows[-1])
+    assert all("loss_rec_rel" in r and r["loss_rec_rel"] > 0 for r in rows)
     assert load_config(str(tmp_path / "a" / "config.yaml")).model.name == "vit_tiny_patch16"
     ck = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
     assert ck["step"] == 6 and ck["epoch"] == 1 and "center" in ck["model"] and ck["optimizer"]["state"]

@@ -141,7 +141,7 @@ def test_official_initialisation_matches_the_official_initialisers():
     check_std(pe.bias, 1 / math.sqrt(3 * fan_patch), tol=0.1)  # uniform(+-1/sqrt(fan_in)), 384 values
     check_std(m.decoder.embed.weight, 1 / math.sqrt(3 * 384))  # Linear default: never re-initialised
     check_std(m.decoder.mask_token, truncated_std(0.02, 1.0), tol=0.15)  # 192 values
-    assert float(m.decoder.mask_token.abs().max()) <= 0.02
+    assert float(m.decoder.mask_token.detach().abs().max()) <= 0.02
     heads = pooled(m, lambda n: "_head.mlp" in n and n.endswith("weight"))
     check_std(heads, truncated_std(0.02, 1.0))
     assert float(heads.abs().max()) <= 0.02
@@ -185,3 +185,27 @@ def test_declared_unused_parameters_are_the_ones_without_gradients():
         m({"image": torch.randn(2, 3, 64, 64), "mask": mask})["loss"].backward()
         missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
         assert bool(missing) is m.has_unused_parameters(), (extra, missing[:3])
+
+
+@pytest.mark.parametrize("norm", ["per_channel", "none"])
+def test_loss_rec_rel_is_the_loss_over_predicting_the_batch_mean_target(norm):
+    """loss_rec_rel = MSE / MSE of predicting, for every masked patch, the mean target of the batch; a decoder
+    that predicts exactly that mean scores 1."""
+    method = tiny("method.name=mae", f"method.target_norm={norm}")
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(3, 3, 64, 64, generator=gen)
+    mask = torch.stack([torch.randperm(16, generator=gen) < 12 for _ in range(3)])
+    out = method({"image": images, "mask": mask})
+    _, ids_mask = split_ids(mask)
+    target = method.targets(images, ids_mask)
+    baseline = float(((target - target.reshape(-1, target.shape[-1]).mean(0)) ** 2).mean())
+    assert float(out["loss_rec_rel"]) == pytest.approx(float(out["loss_rec"]) / baseline, rel=1e-5)
+    real = method.encode_decode
+
+    def mean_predictor(x, m, num_mask=None):
+        z, h, _, ids_keep, ids_m = real(x, m, num_mask)
+        t = method.targets(x, ids_m)
+        return z, h, t.mean(dim=(0, 1)).expand_as(t), ids_keep, ids_m
+
+    method.encode_decode = mean_predictor
+    assert float(method({"image": images, "mask": mask})["loss_rec_rel"]) == pytest.approx(1.0, rel=1e-5)

@@ -72,14 +72,21 @@ class MAE(Method):
         pred, h = self.decoder(z, ids_keep, ids_mask)
         return z, h, pred, ids_keep, ids_mask
 
-    def reconstruction(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(encoder tokens z, decoder features h of the visible tokens, MSE on the masked patches)."""
+    def reconstruction(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """(encoder tokens z, decoder features h of the visible tokens, MSE on the masked patches, logged parts).
+
+        `loss_rec_rel` is the MSE over that of predicting the batch's mean target for every masked patch: 1 means
+        the decoder learned nothing beyond the average patch, 0 a perfect reconstruction."""
         images, mask = batch["image"], batch["mask"]
         z, h, pred, _, ids_mask = self.encode_decode(images, mask, self.num_mask)
         with torch.no_grad():
-            target = self.targets(images, ids_mask)
-        return z, h, F.mse_loss(loss_precision(pred), loss_precision(target))
+            target = loss_precision(self.targets(images, ids_mask))
+        loss = F.mse_loss(loss_precision(pred), target)
+        with torch.no_grad():
+            baseline = (target - target.mean(dim=(0, 1))).square().mean()
+            parts = {"loss_rec": loss.detach(), "loss_rec_rel": loss.detach() / baseline.clamp_min(1e-12)}
+        return z, h, loss, parts
 
     def forward(self, batch: dict) -> dict:
-        _, _, loss_rec = self.reconstruction(batch)
-        return {"loss": loss_rec, "loss_rec": loss_rec.detach()}
+        _, _, loss_rec, parts = self.reconstruction(batch)
+        return {"loss": loss_rec, **parts}

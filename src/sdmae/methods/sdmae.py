@@ -39,8 +39,8 @@ class SDMAE(MAE):
         return self.s.p == 0 or self.s.teacher_stop_grad
 
     def forward(self, batch: dict) -> dict:
-        z, h, loss_rec = self.reconstruction(batch)
-        out = {"loss_rec": loss_rec.detach()}
+        z, h, loss_rec, parts = self.reconstruction(batch)
+        out = dict(parts)
         if self.s.p == 0:
             out["loss"] = loss_rec
             return out

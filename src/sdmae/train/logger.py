@@ -44,7 +44,7 @@ class RunLogger:
             return
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        shown = {k: row[k] for k in ("loss", "loss_rec", "loss_sd", "images_per_s") if k in row}
+        shown = {k: row[k] for k in ("loss", "loss_rec", "loss_rec_rel", "loss_sd", "images_per_s") if k in row}
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
         if self.tb:
             for k, v in row.items():
