@@ -6,17 +6,19 @@ called by the shared optimiser step (`sdmae.train.step`); their defaults do noth
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn as nn
 
 
-class Method(nn.Module):
+class Method(nn.Module, abc.ABC):
     name: str = ""
     can_reconstruct: bool = False  # has a pixel decoder: encode_decode() and reconstruction pictures
 
+    @abc.abstractmethod
     def sample_fn(self):
         """A picklable callable (image, torch.Generator) -> dict of tensors for one sample."""
-        raise NotImplementedError
 
     def has_unused_parameters(self) -> bool:
         """Whether some trainable parameters get no gradient in a step (DDP's find_unused_parameters)."""

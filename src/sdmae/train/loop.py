@@ -79,8 +79,8 @@ def train_steps(run: Run, loader, logger: RunLogger, monitor=None) -> int:
             if run.policy.save_last(run.step):
                 run.save()
                 saved_at = run.step
-            if run.policy.keep(run.step):
-                run.save(run.policy.keep(run.step))
+            if kept := run.policy.keep(run.step):
+                run.save(kept)
             signum = D.agreed_max(run.env, stop.signum)  # every rank stops at the same step, or none does
             if signum and run.step < sched.total:
                 if saved_at != run.step:
