@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from sdmae.config import load_config
+from sdmae.methods import build_method
 from sdmae.train.loop import pretrain
 
 TINY = ["model.name=vit_tiny_patch8", "model.img_size=16", "model.decoder_depth=1", "model.head_hidden_dim=32",
@@ -174,3 +175,20 @@ def test_gradient_accumulation_matches_one_large_batch(tiles, tmp_path):
              str(tmp_path / "accum"))
     a, b = weights(tmp_path / "big"), weights(tmp_path / "accum")
     assert max_diff(a["model"], b["model"]) < 1e-5
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_a_stopped_teacher_gradient_trains_under_two_processes(tiles, tmp_path):
+    """SD-MAE with teacher_stop_grad leaves the teacher head without gradients: DDP must be told (the method
+    declares it, `Method.has_unused_parameters`), or the second step fails; the teacher head stays put."""
+    out = tmp_path / "sg"
+    r = launch(pretrain_args(tiles, out, 4, "method.teacher_stop_grad=true", "train.max_steps=3"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = weights(out)
+    assert ck["step"] == 3
+    torch.manual_seed(3)
+    fresh = build_method(load_config(None, [*TINY, "method.teacher_stop_grad=true"])).state_dict()
+    head = [k for k in ck["model"] if k.startswith("teacher_head.")]
+    assert head and all(torch.equal(ck["model"][k], fresh[k]) for k in head)
+    assert not torch.equal(ck["model"]["student_head.mlp.0.weight"], fresh["student_head.mlp.0.weight"])
