@@ -28,7 +28,7 @@ class Method(nn.Module, abc.ABC):
         """Before the forward pass of optimiser step `step`: schedules inside the method (momentum, temperature)."""
 
     def before_optimizer_step(self, step: int, steps_per_epoch: int) -> None:
-        """Gradients are ready (and unscaled, clipped): e.g. DINO drops its last layer's early on."""
+        """Gradients are ready (and unscaled, clipped): e.g. DINO drops its last layer's gradients early on."""
 
     def after_optimizer_step(self, step: int, total: int) -> None:
         """Weights are updated: e.g. the EMA teacher follows the student."""

@@ -34,7 +34,7 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 def update_center(center: torch.Tensor, values: torch.Tensor, momentum: float) -> None:
     """c <- m c + (1 - m) mean over the global batch of `values` (summed across processes)."""
     total = values.to(center.dtype).sum(dim=0, keepdim=True)  # the centre's precision (float32 under autocast)
-    count = torch.full((), float(values.shape[0]), dtype=center.dtype, device=values.device)  # a fill, not a copy  # a fill, not a host-to-device copy
+    count = torch.full((), float(values.shape[0]), dtype=center.dtype, device=values.device)  # a fill, no copy
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
         dist.all_reduce(count)

@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
-INITS = ("official", "mae")
-
 
 def official_trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
     """The official SD-MAE code's trunc_normal_: a normal of `std` cut at plus or minus one std (std ~0.54 std)."""
