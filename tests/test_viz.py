@@ -151,8 +151,10 @@ def test_viz_curves_groups_keys_and_draws(tmp_path):
     assert main(["viz", "curves", "--run", str(run), str(run / "log.jsonl"), "--out", str(tmp_path / "c")]) == 0
     img = png_array(tmp_path / "c" / "curves.png")
     assert img.std() > 5 and img.shape[0] > 3 * 250  # five panels in two columns: three rows
-    assert [panel_of(k) for k in ("loss_sd", "lr", "kl", "teacher_entropy", "knn_accuracy", "images_per_s")] == [
-        "losses", "learning rate", "collapse signals", "collapse signals", "kNN / monitoring", "images per second"]
+    assert [panel_of(k) for k in ("loss_sd", "lr", "kl", "teacher_entropy", "knn_accuracy", "images_per_s",
+                                 "knn_seconds")] == [
+        "losses", "learning rate", "collapse signals", "collapse signals", "kNN / monitoring", "images per second",
+        "other"]
     assert main(["viz", "curves", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")]) == 2
 
 

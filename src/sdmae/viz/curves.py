@@ -21,6 +21,8 @@ def panel_of(key: str) -> str:
         return "losses"
     if key == "lr":
         return "learning rate"
+    if key.endswith("_seconds"):  # timings (knn_seconds) would flatten the accuracies they sit beside
+        return "other"
     if key.startswith("knn") or "acc" in key:
         return "kNN / monitoring"
     if "entropy" in key or key == "kl" or key.startswith("kl_") or key.endswith("_kl") or "std" in key:
