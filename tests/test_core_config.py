@@ -32,6 +32,24 @@ def test_overrides_are_typed():
     ("model.img_size=true", "model.img_size"),
     ("train.precision=fp8", "train.precision"),
     ("method.mask_ratio=1.2", "method.mask_ratio"),
+    ("optim.base_lr=-1", "optim.base_lr"),
+    ("optim.base_lr=0", "optim.base_lr"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("train.epochs=0", "train.epochs"),
+    ("train.max_steps=0", "train.max_steps"),
+    ("model.decoder_dim=64", "model.decoder_dim"),
+    ("method.teacher_temp=0", "method.teacher_temp"),
+    ("method.student_temp=-0.1", "method.student_temp"),
+    ("model.head_out_dim=0", "model.head_out_dim"),
+    ("optim.weight_decay=-0.05", "optim.weight_decay"),
+    ("optim.betas=[0.9]", "optim.betas"),
+    ("optim.betas=[0.9,1.0]", "optim.betas"),
+    ("optim.clip_grad=0", "optim.clip_grad"),
+    ("method.views.blur_p=[1.0,1.5]", "method.views.blur_p"),
+    ("model.drop_path=1.0", "model.drop_path"),
+    ("data.aug.std=[0.2,0.2,0]", "data.aug.std"),
+    ("data.aug.crop_scale_min=0", "data.aug.crop_scale_min"),
+    ("method.moco_temp=0", "method.moco_temp"),
     ("model=3", "model"),
     ("noequals", "KEY=VALUE"),
 ])
@@ -85,3 +103,15 @@ def test_cli_help_for_every_command():
     assert r.returncode == 0 and "pretrain" in r.stdout
     r = run_cli("pretrain", "--help")
     assert r.returncode == 0 and "--set" in r.stdout
+
+
+def test_a_mask_ratio_that_masks_nothing_is_refused_before_training():
+    from sdmae.errors import UsageError
+    from sdmae.methods import build_method
+
+    cfg = load_config(overrides=["method.name=mae", "model.name=vit_tiny_patch16", "model.img_size=32",
+                                 "method.mask_ratio=0.0"])
+    with pytest.raises(UsageError, match=r"method\.mask_ratio.*masks none of the 4 patches"):
+        build_method(cfg)
+    cfg.method.mask_ratio = 0.25  # 1 of 4: the smallest ratio that masks a patch
+    assert build_method(cfg).num_mask == 1

@@ -184,18 +184,56 @@ def validate(cfg: Config) -> None:
     for key, allowed in choices.items():
         if flat[key] not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {flat[key]!r}")
-    if not 0.0 <= cfg.method.mask_ratio < 1.0:
+    _validate_ranges(flat)
+    if not 0.0 <= cfg.method.mask_ratio < 1.0:  # whether it leaves a masked patch depends on the model: MAE checks
         raise ConfigError(f"config key 'method.mask_ratio' must be in [0, 1), got {cfg.method.mask_ratio}")
-    if not 0.0 <= cfg.method.p <= 1.0:
-        raise ConfigError(f"config key 'method.p' must be in [0, 1], got {cfg.method.p}")
-    for key in ("data.batch_size", "train.epochs", "optim.accum_steps", "model.img_size", "train.log_every"):
-        if flat[key] < 1:
-            raise ConfigError(f"config key '{key}' must be at least 1, got {flat[key]}")
-    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
-        raise ConfigError(f"config key 'train.max_steps' must be at least 1, got {cfg.train.max_steps}")
-    if cfg.data.num_workers < 0:
-        raise ConfigError("config key 'data.num_workers' must be >= 0")
+    if cfg.model.decoder_dim % cfg.model.decoder_heads:
+        raise ConfigError(f"config key 'model.decoder_dim' ({cfg.model.decoder_dim}) must be divisible by "
+                          f"'model.decoder_heads' ({cfg.model.decoder_heads})")
+    _validate_lists(cfg)
     _validate_views(cfg.method)
+
+
+# Numeric keys and the values they accept; optional keys set to None (off) are not checked. Decided per field of
+# the dataclasses above: anything that would otherwise fail (or silently do nothing useful) after the run starts.
+AT_LEAST_1 = ("data.batch_size", "train.epochs", "optim.accum_steps", "model.img_size", "train.log_every",
+              "train.max_steps", "train.knn_max", "data.tile_size", "model.decoder_dim", "model.decoder_depth",
+              "model.decoder_heads", "model.head_hidden_dim", "model.head_bottleneck_dim", "model.head_out_dim",
+              "method.moco_dim", "method.moco_mlp_dim")
+POSITIVE = ("optim.base_lr", "method.student_temp", "method.teacher_temp", "method.warmup_teacher_temp",
+            "method.moco_temp", "optim.clip_grad", "data.mpp")
+NON_NEGATIVE = ("optim.min_lr", "optim.weight_decay", "optim.warmup_epochs", "data.num_workers", "data.level",
+                "data.aug.hed_jitter", "data.aug.color_jitter", "train.ckpt_every_steps", "train.ckpt_every_epochs",
+                "train.keep_every_epochs", "train.knn_every", "method.warmup_teacher_temp_epochs",
+                "method.freeze_last_layer_epochs", "method.views.local_crops")
+FRACTIONS = ("method.p", "method.center_momentum", "method.momentum", "data.tissue_min", "method.views.jitter_p",
+             "method.views.grayscale_p", "method.views.local_blur_p", "method.views.blur_p",
+             "method.views.solarize_p")  # probabilities and weights in [0, 1] (lists: every item)
+RANGES = {**{k: ("at least 1", lambda v: v >= 1) for k in AT_LEAST_1},
+          **{k: ("> 0", lambda v: v > 0) for k in POSITIVE},
+          **{k: (">= 0", lambda v: v >= 0) for k in NON_NEGATIVE},
+          **{k: ("in [0, 1]", lambda v: 0 <= v <= 1) for k in FRACTIONS},
+          "model.drop_path": ("in [0, 1)", lambda v: 0 <= v < 1),
+          "data.aug.crop_scale_min": ("in (0, 1]", lambda v: 0 < v <= 1)}
+
+
+def _validate_ranges(flat: dict) -> None:
+    for key, (what, ok) in RANGES.items():
+        value = flat[key]
+        items = value if isinstance(value, list) else [value]
+        if value is not None and not all(isinstance(v, (int, float)) and ok(v) for v in items):
+            raise ConfigError(f"config key '{key}' must be {what}, got {value!r}")
+
+
+def _validate_lists(cfg: Config) -> None:
+    """List-valued keys: their length and what each item may be."""
+    o, a = cfg.optim, cfg.data.aug
+    if len(o.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas):
+        raise ConfigError(f"config key 'optim.betas' expects 2 numbers in [0, 1), got {o.betas!r}")
+    for key, value, ok in (("data.aug.mean", a.mean, lambda v: True), ("data.aug.std", a.std, lambda v: v > 0)):
+        if len(value) != 3 or not all(isinstance(v, (int, float)) and ok(v) for v in value):
+            raise ConfigError(f"config key '{key}' expects 3 numbers (one per colour channel)"
+                              f"{', all > 0' if key.endswith('std') else ''}, got {value!r}")
 
 
 def _validate_views(m: MethodConfig) -> None:
@@ -205,13 +243,6 @@ def _validate_views(m: MethodConfig) -> None:
         value = getattr(v, key)
         if value is not None and (len(value) != n or not all(isinstance(x, (int, float)) for x in value)):
             raise ConfigError(f"config key 'method.views.{key}' expects {n} numbers, got {value!r}")
-    if v.local_crops < 0:
-        raise ConfigError(f"config key 'method.views.local_crops' must be >= 0, got {v.local_crops}")
-    if m.momentum is not None and not 0.0 <= m.momentum <= 1.0:
-        raise ConfigError(f"config key 'method.momentum' must be in [0, 1], got {m.momentum}")
-    if m.moco_temp <= 0:
-        raise ConfigError(f"config key 'method.moco_temp' must be > 0, got {m.moco_temp}")
-
 
 
 # Keys that may change when a run is resumed: they do not change what is trained.

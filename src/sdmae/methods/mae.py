@@ -6,13 +6,19 @@ import torch.nn.functional as F
 
 from sdmae.config import Config
 from sdmae.data.transforms import PretrainTransform
+from sdmae.errors import UsageError
 from sdmae.methods.base import Method, loss_precision
 from sdmae.methods.masking import MaskSampler, normalize_targets, patchify, split_ids
 from sdmae.models import MaskedDecoder, build_encoder
 
 
 def num_masked(cfg: Config, num_patches: int) -> int:
-    return int(cfg.method.mask_ratio * num_patches)
+    """Masked patches per image; a ratio that masks none (nothing to reconstruct) is the user's error."""
+    n = int(cfg.method.mask_ratio * num_patches)
+    if n < 1:
+        raise UsageError(f"config key 'method.mask_ratio' {cfg.method.mask_ratio} masks none of the {num_patches} "
+                         f"patches at model.img_size {cfg.model.img_size}: nothing to reconstruct")
+    return n
 
 
 class MaskedSampleFn:
