@@ -187,3 +187,34 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path, tiny_overrides)
     a = load_checkpoint(tmp_path / "big" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "acc" / "checkpoints" / "last.pt")["model"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+HOLD_LOCK = """import sys, time
+from pathlib import Path
+from sdmae.runlock import run_folder_lock
+with run_folder_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_run_on_one_out_exits_2_and_a_killed_holder_leaves_no_lock(tmp_path, tiny_overrides):
+    data = str(folder_of_tiles(tmp_path / "tiles", n=8))
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    stale = out / "checkpoints" / ".last.pt.tmp-4242"  # what a kill during a checkpoint write leaves
+    stale.write_bytes(b"partial")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        sets = tiny_overrides + ["train.max_steps=1", "train.reconstructions=false"]
+        r = subprocess.run([sys.executable, "-m", "sdmae", "pretrain", "--data", data, "--out", str(out), "--set",
+                            *sets], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stderr
+        assert f"--out {out} is in use by another run (pid {holder.pid}" in r.stderr
+        assert "Traceback" not in r.stderr and not (out / "log.jsonl").exists()
+    finally:
+        holder.kill()  # SIGKILL: the OS drops the lock with the process
+        holder.wait()
+    pretrain(load_config(overrides=sets), [data], str(out))
+    assert (out / "checkpoints" / "last.pt").exists() and not stale.exists()

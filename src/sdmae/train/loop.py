@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,6 +18,7 @@ from sdmae.config import DEMO_RECIPE, Config, load_config
 from sdmae.data.batch import finish_images, move_batch
 from sdmae.data.transforms import sample_generator
 from sdmae.errors import SdmaeError
+from sdmae.runlock import run_folder_lock
 from sdmae.train import distributed as D
 from sdmae.train.logger import RunLogger
 from sdmae.train.run import Run, build_run
@@ -26,7 +28,8 @@ def pretrain(cfg: Config, data: Optional[Sequence[str]], out_dir: str) -> dict:
     """Runs (or resumes) pre-training into `out_dir`; returns a summary dict. An exception leaves the process
     group as it is: in a multi-process run `D.fail_fast` ends the process without waiting on the others."""
     env = D.setup(cfg.train.device)
-    summary = _pretrain(cfg, data, Path(out_dir), env)
+    with run_folder_lock(Path(out_dir)) if env.main else nullcontext():  # rank 0 writes for all ranks
+        summary = _pretrain(cfg, data, Path(out_dir), env)
     D.cleanup()
     return summary
 
