@@ -1,7 +1,9 @@
 """The loop: schedule, parameter groups, checkpoints (atomic, safe), exact resume, logs."""
+import errno
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import torch
 
 from sdmae.config import load_config
 from sdmae.data.loader import GlobalBatchSampler
-from sdmae.errors import UsageError
+from sdmae.errors import SdmaeError, UsageError
 from sdmae.methods import build_method
 from sdmae.checkpoint import UnsafeCheckpointError, load_checkpoint, save_atomic
 from sdmae.train.loop import pretrain
@@ -52,17 +54,41 @@ def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_atomic({"model": {"w": torch.ones(3)}, "step": 1}, path)
 
-    def broken_save(obj, f):
+    def broken_save(obj, f):  # what a full disk does to torch.save: part of the file, then an error
         f.write(b"partial bytes")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(SdmaeError, match=f"cannot write {path}: no space left on the device"):
         save_atomic({"model": {"w": torch.zeros(3)}, "step": 2}, path)
     monkeypatch.undo()
     ck = load_checkpoint(path)
     assert ck["step"] == 1 and torch.equal(ck["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_a_full_disk_that_torch_reports_as_runtimeerror_is_named(tmp_path, monkeypatch):
+    """torch.save's zip writer turns ENOSPC into `RuntimeError: [enforce fail at inline_container.cc]`."""
+    def broken_save(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(3 << 20, 3 << 20, 0))
+    with pytest.raises(SdmaeError, match="cannot write .*last.pt: no space left on the device"):
+        save_atomic({"step": 1}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_error_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    from sdmae import cli
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "log.jsonl"))
+
+    monkeypatch.setattr("sdmae.train.loop.pretrain", full)
+    assert cli.main(["pretrain", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"sdmae pretrain: error: {tmp_path / 'run' / 'log.jsonl'}: no space left on the device\n"
 
 
 class Evil:

@@ -1,12 +1,12 @@
 """Checkpoints: atomic writes, and reads that never unpickle code (weights_only=True)."""
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
 import torch
 
+from sdmae.atomic import atomic_path
 from sdmae.errors import SdmaeError
 
 
@@ -17,23 +17,8 @@ class UnsafeCheckpointError(SdmaeError):
 def save_atomic(obj, path: str | Path) -> None:
     """Write to a temp file in the same folder, fsync, rename over `path`, fsync the folder: a crash at any
     point leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -10,7 +10,7 @@ from sdmae.analyze import add_analyze
 from sdmae.argparsing import Parser
 from sdmae.data.cli import add_bench_data, add_data, add_tile
 from sdmae.dense.cli import add_detect, add_segment
-from sdmae.errors import SdmaeError
+from sdmae.errors import user_error
 from sdmae.eval.cli import add_compare, add_fewshot, add_finetune, add_knn, add_linear
 from sdmae.train.cli import add_bench_train
 from sdmae.viz.cli import add_viz
@@ -117,9 +117,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except SdmaeError as e:
-        print(f"sdmae {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
     except KeyboardInterrupt:
         print(f"sdmae {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        err = user_error(e)
+        if err is None:
+            raise
+        print(f"sdmae {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code

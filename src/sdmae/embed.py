@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from sdmae.atomic import atomic_path
 from sdmae.config import Config
 from sdmae.data.batch import finish_images
 from sdmae.data.sources import UnreadableTile
@@ -140,9 +141,8 @@ class NpzWriter:
 
     def close(self, columns: dict) -> None:
         feats = np.concatenate(self.feats) if self.feats else np.zeros((0, 0), np.float32)
-        tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, features=feats, **columns)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path, suffix=".npz") as tmp:
+            np.savez(tmp, features=feats, **columns)
 
 
 class H5Writer:

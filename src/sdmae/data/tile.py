@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from sdmae.atomic import atomic_path
 from sdmae.data import slide as slides
 from sdmae.errors import UsageError
 
@@ -41,9 +41,8 @@ def tile_name(stem: str, t: slides.Tile, fmt: str) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _cut(job: tuple) -> tuple[str, int, int]:

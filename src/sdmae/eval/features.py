@@ -33,6 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from sdmae.atomic import atomic_path
 from sdmae.config import DataConfig, EvalConfig
 from sdmae.data.sources import UnreadableTile
 from sdmae.data.transforms import to_uint8_chw
@@ -206,10 +207,8 @@ def encode(encoder: LoadedEncoder, source, labels: np.ndarray, ecfg: EvalConfig,
     feats, ok = extract(feature_model(encoder, ecfg.feature_norm), dataset, mean, std, ecfg, device, desc,
                         strict=dcfg.strict)
     if ecfg.cache:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.stem}.tmp-{os.getpid()}.npz")
-        np.savez(tmp, features=feats, ok=ok)
-        os.replace(tmp, file)
+        with atomic_path(file, suffix=".npz") as tmp:
+            np.savez(tmp, features=feats, ok=ok)
     return _kept(feats, ok, labels, source, False)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from sdmae import __version__
+from sdmae.atomic import atomic_path
 from sdmae.config import to_dict
 from sdmae.encoders import LoadedEncoder, load_encoder, random_encoder
 from sdmae.errors import UsageError
@@ -82,10 +83,8 @@ def is_main_process() -> bool:
 
 
 def write_json(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def evaluate(protocol: str, encoder: EncoderSpec, train: Split, test: Split, val: Optional[Split],

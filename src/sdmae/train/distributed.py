@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sdmae.errors import SdmaeError, UsageError
+from sdmae.errors import UsageError, user_error
 
 TIMEOUT_ENV = "SDMAE_DIST_TIMEOUT"  # seconds a collective may wait before the run fails (default 600)
 
@@ -148,8 +148,9 @@ def _first_report() -> bool:
 
 
 def exit_code(e: BaseException) -> int:
-    if isinstance(e, SdmaeError):
-        return e.exit_code
+    err = user_error(e)
+    if err is not None:
+        return err.exit_code
     if isinstance(e, KeyboardInterrupt):
         return 130
     if isinstance(e, SystemExit):
@@ -173,8 +174,8 @@ def fail_fast(command: str):
         if _first_report():
             if isinstance(e, KeyboardInterrupt):
                 text = f"sdmae {command}: interrupted\n"
-            elif isinstance(e, SdmaeError):
-                text = f"sdmae {command}: error: {e}\n"
+            elif user_error(e) is not None:
+                text = f"sdmae {command}: error: {user_error(e)}\n"
             else:
                 text = f"sdmae {command}: error on rank {rank}:\n{traceback.format_exc()}"
             sys.stderr.write(text)
