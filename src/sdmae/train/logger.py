@@ -42,8 +42,11 @@ class RunLogger:
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk: name the file (a write's OSError carries no file name)
+            raise OSError(e.errno, e.strerror, self.file.name) from e
         shown = {k: row[k] for k in ("loss", "loss_rec", "loss_rec_rel", "loss_sd", "images_per_s") if k in row}
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
         if self.tb:
