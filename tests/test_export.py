@@ -167,3 +167,16 @@ def test_untrusted_checkpoint_is_refused_and_never_runs(tmp_path):
                  str(tmp_path / "e.npz")]) == 1
     assert main(["viz", "reconstruct", "--ckpt", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "r")]) == 1
     assert not marker.exists()
+
+
+def test_a_checkpoint_whose_config_disagrees_with_its_weights_is_named(run, tmp_path, capsys):
+    ckpt = torch.load(run["ckpt"], weights_only=True)
+    ckpt["config"]["model"]["name"] = "vit_small_patch16"  # edited after training: 384 wide, weights 192
+    save_atomic(ckpt, tmp_path / "edited.pt")
+    for argv in (["export", "--ckpt", str(tmp_path / "edited.pt"), "--out", str(tmp_path / "x")],
+                 ["embed", "--ckpt", str(tmp_path / "edited.pt"), "--data", str(run["tiles"]),
+                  "--out", str(tmp_path / "f.npz")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{tmp_path / 'edited.pt'}: weights do not fit" in err[0], err
+        assert "'pos_embed' is (1, 4, 192) in the file, (1, 4, 384) in the model" in err[0]  # the first mismatch

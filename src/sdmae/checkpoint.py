@@ -51,3 +51,17 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_weights(module: torch.nn.Module, state: dict, source, what: str) -> None:
+    """`module.load_state_dict(state)` with an error a user can act on: the file, then the first key whose
+    shape differs (a config edited after training, e.g. `model.name`) or the keys missing and unexpected."""
+    own = module.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise SdmaeError(f"{source}: weights do not fit {what}: '{key}' is {tuple(value.shape)} in the file, "
+                             f"{tuple(own[key].shape)} in the model (do the config and weights saved together "
+                             f"still match?)")
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SdmaeError(f"{source}: weights do not fit {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -15,7 +15,7 @@ import torch
 from sdmae.config import Config, load_config
 from sdmae.errors import SdmaeError, UsageError
 from sdmae.models.vit import MaskedViT, build_encoder
-from sdmae.checkpoint import load_checkpoint
+from sdmae.checkpoint import load_checkpoint, load_weights
 
 
 @dataclass
@@ -38,10 +38,7 @@ def from_checkpoint(path: str | Path) -> LoadedEncoder:
     state = encoder_state(ckpt["model"])
     if not state:
         raise SdmaeError(f"{path} has no encoder weights (no 'encoder.' keys in its model)")
-    missing, unexpected = enc.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise SdmaeError(f"{path}: encoder weights do not match {cfg.model.name}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    load_weights(enc, state, path, f"the encoder {cfg.model.name} at {cfg.model.img_size} px of its config")
     return LoadedEncoder(enc, cfg, Path(path).name, str(Path(path).resolve()))
 
 
@@ -57,7 +54,8 @@ def from_export(folder: str | Path) -> LoadedEncoder:
     meta = json.loads(meta_path.read_text())
     cfg = load_config(base=meta.get("sdmae_config", {}))
     enc = build_encoder(cfg.model.name, cfg.model.img_size, cfg.model.pos_embed)
-    enc.load_state_dict(load_file(str(folder / "model.safetensors")))
+    load_weights(enc, load_file(str(folder / "model.safetensors")), folder / "model.safetensors",
+                 f"the encoder {cfg.model.name} at {cfg.model.img_size} px of its config.json")
     return LoadedEncoder(enc, cfg, folder.name, str(folder.resolve()))
 
 

@@ -26,7 +26,7 @@ from sdmae.embed import INTERPOLATION
 from sdmae.encoders import encoder_state
 from sdmae.errors import SdmaeError, UsageError
 from sdmae.models.vit import build_encoder, timm_arch_name, timm_model_args
-from sdmae.checkpoint import load_checkpoint
+from sdmae.checkpoint import load_checkpoint, load_weights
 
 METHOD_NAMES = {"sdmae": "SD-MAE", "mae": "MAE", "mocov3": "MoCo v3", "dino": "DINO"}
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
@@ -181,10 +181,7 @@ def export(ckpt_path: str, out_dir: str, metrics_files: Sequence[str] = ()) -> P
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_timm(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise SdmaeError(f"{path}: encoder weights do not fit timm's {arch}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    load_weights(model, state, path, f"timm's {arch} with {cfg.model.name} at {cfg.model.img_size} px of its config")
     check_same_features(cfg, state, model)
 
     out = Path(out_dir)

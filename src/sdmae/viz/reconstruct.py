@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdmae.errors import SdmaeError, UsageError
+from sdmae.errors import UsageError
 from sdmae.methods.masking import MaskSampler, patch_stats, patchify, unpatchify
 
 
@@ -83,7 +83,7 @@ def load_method(ckpt_path: str):
     """The full pre-training model of a checkpoint, in eval mode, and its config."""
     from sdmae.config import load_config
     from sdmae.methods import build_method
-    from sdmae.checkpoint import load_checkpoint
+    from sdmae.checkpoint import load_checkpoint, load_weights
 
     path = Path(ckpt_path)
     if path.is_dir():
@@ -96,10 +96,7 @@ def load_method(ckpt_path: str):
     method = build_method(cfg)
     if not method.can_reconstruct:
         raise UsageError(f"{path} was trained with method '{cfg.method.name}', which has no pixel decoder")
-    missing, unexpected = method.load_state_dict(ckpt["model"], strict=False)
-    if missing or unexpected:
-        raise SdmaeError(f"{path}: weights do not match method '{cfg.method.name}': missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    load_weights(method, ckpt["model"], path, f"method '{cfg.method.name}' with {cfg.model.name} of its config")
     return method.eval(), cfg
 
 
