@@ -54,6 +54,12 @@ def test_metrics_agree_with_sklearn_multiclass():
     assert np.trace(cm) / cm.sum() == pytest.approx(m["accuracy"])
 
 
+def test_macro_f1_counts_a_class_predicted_but_absent_from_the_test_labels():
+    y_true, y_pred = [0, 0, 1, 1], [0, 2, 1, 1]  # class 2 is predicted once, never true
+    m = classification_metrics(y_true, y_pred, None, list("abc"))
+    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro")) == pytest.approx(5 / 9)
+
+
 def test_metrics_absent_class_and_single_class_auroc():
     m = classification_metrics([0, 0, 2], [0, 1, 2], np.full((3, 3), 1 / 3), ["a", "b", "c"])
     assert m["per_class_recall"][1] is None  # class b never occurs in the test set

@@ -47,8 +47,10 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], probs: 
     return {
         "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
         "balanced_accuracy": float(recall[present].mean()) if present.any() else None,
-        "macro_f1": float(f1_score(y_true, y_pred, labels=np.arange(k)[present], average="macro",
-                                   zero_division=0)),
+        # over the classes in the test labels or the predictions, as scikit-learn's default: a class predicted
+        # but absent from the test set counts (its F1 is 0), rather than flattering the score
+        "macro_f1": float(f1_score(y_true, y_pred, labels=np.arange(k)[present | (cm.sum(0) > 0)],
+                                   average="macro", zero_division=0)),
         "auroc": auroc(y_true, probs, k) if probs is not None else None,
         "n_test": int(len(y_true)),
         "classes": list(classes),
@@ -58,7 +60,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], probs: 
 
 
 def _mean_std(values: list) -> tuple[Any, Any]:
-    """Mean and population std of numbers, element-wise for (nested) lists and dicts; None-aware."""
+    """Mean and population std (ddof 0, numpy's default; the one std sdmae reports) of numbers, element-wise for (nested) lists and dicts; None-aware."""
     first = values[0]
     if isinstance(first, dict):
         keys = [k for k in first if k not in NOT_AVERAGED]
