@@ -299,3 +299,29 @@ def test_finetune_two_processes_match_one(tree, tmp_path):
     assert [h["train_loss"] for h in two["history"]] == pytest.approx([h["train_loss"] for h in one["history"]],
                                                                       rel=1e-5)
     assert two["confusion_matrix"] == one["confusion_matrix"]
+
+
+def test_compare_recomputes_a_cell_whose_data_changed_in_place(tmp_path):
+    data = make_tree(tmp_path / "data")
+    ckpt = write_ckpt(tmp_path / "runA" / "checkpoints" / "last.pt", seed=3)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""
+encoders:
+  A: {{ckpt: {ckpt}}}
+datasets:
+  colours: {{train: {data / 'train'}, test: {data / 'test'}}}
+protocols: [knn]
+set: [{', '.join(TINY + QUIET)}, eval.cache_dir={tmp_path / 'cache'}]
+""")
+    out = tmp_path / "cmp"
+
+    def balanced_accuracy() -> float:
+        assert main(["compare", "--spec", str(spec), "--out", str(out)]) == 0
+        return json.loads((out / "compare.json").read_text())["rows"][0]["cells"][0]["balanced_accuracy"]["mean"]
+
+    before = balanced_accuracy()
+    test = data / "test"  # the test class folders swapped in place: every test label flipped
+    (test / "a").rename(test / "tmp")
+    (test / "b").rename(test / "a")
+    (test / "tmp").rename(test / "b")
+    assert balanced_accuracy() == pytest.approx(1 - before)  # not the stale cell

@@ -20,6 +20,7 @@ stopped. Transfer (pre-train on A, evaluate on B) is an encoder pre-trained on A
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -31,6 +32,7 @@ from sdmae.config import read_yaml_mapping
 from sdmae.errors import UsageError
 from sdmae.eval import registry
 from sdmae.eval.benchmarks import BENCHMARKS, resolve
+from sdmae.eval.features import weights_digest
 from sdmae.eval.labelled import Split
 from sdmae.eval.run import EncoderSpec, ckpt_label, digest, evaluate, is_main_process, summary, write_json
 
@@ -181,8 +183,8 @@ def compare(spec: CompareSpec, out_dir: str | Path) -> dict:
     """Runs (or reuses) every cell, then writes OUT/compare.json and OUT/compare.md; returns the table."""
     out = Path(out_dir)
     opened = {d.label: d.open() for d in spec.datasets}  # every dataset and encoder is checked before the first
-    for enc in spec.encoders:  # cell runs: a missing file or uncached timm weights fail now, not an hour in
-        enc.load()
+    weights = {enc.name: weights_digest(enc.load().model) for enc in spec.encoders}  # cell runs: a missing file
+    contents = {label: [files_digest(split) for split in o[:3]] for label, o in opened.items()}  # fails now
     cells: dict = {}
     for enc in spec.encoders:
         for ds in spec.datasets:
@@ -190,7 +192,8 @@ def compare(spec: CompareSpec, out_dir: str | Path) -> dict:
             for proto in spec.protocols:
                 cell_dir = out / "runs" / _slug(enc.name) / _slug(ds.label) / proto
                 sets = implied + spec.sets
-                key = digest({"protocol": proto, "encoder": enc.identity(), "data": ds.identity(), "sets": sets,
+                key = digest({"protocol": proto, "encoder": enc.identity(), "weights": weights[enc.name],
+                              "data": ds.identity(), "contents": contents[ds.label], "sets": sets,
                               "seeds": spec.seeds})
                 result = _reuse(cell_dir / "metrics.json", key)
                 if result is None:
@@ -213,6 +216,23 @@ def compare(spec: CompareSpec, out_dir: str | Path) -> dict:
         write_json(table, out / "compare.json")
         (out / "compare.md").write_text(render_markdown(table))
     return table
+
+
+def files_digest(split: Optional[Split]) -> Optional[str]:
+    """Every file behind a split's paths, by relative name, size and mtime: data changed in place (class
+    folders swapped, a CSV relabelled, a tile replaced) change the digest, so the cell is computed again."""
+    if not split:
+        return None
+    h = hashlib.sha256()
+    for text in split:
+        root = Path(text)
+        if not root.exists() and "@" in text:  # PATH@SPLIT
+            root = Path(text.rsplit("@", 1)[0])
+        files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+        for f in files:
+            st = f.stat()
+            h.update(f"{text}:{f.relative_to(root) if f != root else f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def _reuse(path: Path, key: str) -> Optional[dict]:
