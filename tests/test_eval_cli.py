@@ -182,7 +182,7 @@ def test_finetune_resumes_exactly(tree, tmp_path, monkeypatch):
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     assert whole["steps"] == 10 and whole["epochs"] == 2 and len(whole["history"]) == 2
-    assert set(whole["best"]) >= {"epoch", "accuracy"} and "last10_mean" in whole
+    assert set(whole["best_on_test"]) >= {"epoch", "accuracy"} and "last10_mean" in whole
     check_consistent(whole)
 
     calls = {"n": 0}

@@ -140,7 +140,7 @@ class TrainConfig:
     # set, logged to log.jsonl; 0 = off
     knn_every: int = 0
     knn_train: Optional[str] = None  # labelled tiles for the kNN memory (class tree, CSV, ...)
-    knn_test: Optional[str] = None  # labelled tiles to classify
+    knn_test: Optional[str] = None  # labelled tiles to classify: a validation split of the training data, not test
     knn_max: int = 1000  # at most this many tiles of each set (a fixed random subset)
 
 

@@ -12,8 +12,8 @@ the pooled vector; the pre-trained final norm's weights are dropped as unused ke
 
 Tiles are resized to the encoder's `img_size` (whole tile, no crop) and normalised with the encoder's
 mean and std. The cache key hashes the weights' bytes (not the file name), every item's path and label
-(with size and mtime for real files), and the transform, so a new checkpoint at the same path never
-reuses stale features.
+(with size and mtime for real files), the transform and the precision (bf16 features of a GPU are not
+served to an fp32 run), so a new checkpoint at the same path never reuses stale features.
 """
 from __future__ import annotations
 
@@ -106,6 +106,11 @@ class EvalImages(Dataset):
         return {"image": to_uint8_chw(img), "error": ""}
 
 
+def precision(device: torch.device) -> str:
+    """What features are computed in: bf16 autocast on CUDA (the speed of a GPU), fp32 elsewhere."""
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
 @torch.no_grad()
 def extract(model: nn.Module, dataset: EvalImages, mean: list, std: list, ecfg: EvalConfig,
             device: torch.device, desc: str, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +118,7 @@ def extract(model: nn.Module, dataset: EvalImages, mean: list, std: list, ecfg: 
     model = model.to(device)
     loader = DataLoader(dataset, batch_size=ecfg.batch_size, num_workers=ecfg.num_workers, shuffle=False,
                         pin_memory=device.type == "cuda")
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if precision(device) == "bf16" else contextlib.nullcontext()
     feats, ok, start = [], [], 0
     for batch in tqdm(loader, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True, mininterval=1.0):
         errors = batch["error"]
@@ -187,7 +192,8 @@ def encode(encoder: LoadedEncoder, source, labels: np.ndarray, ecfg: EvalConfig,
     mean, std = normalisation(encoder)
     size = encoder.cfg.model.img_size
     data_keys = {k: v for k, v in asdict(dcfg).items() if k in ("tile_size", "mpp", "level", "tissue_min")}
-    key_src = json.dumps({"v": CACHE_VERSION, "weights": weights_digest(encoder.model),
+    device = pick_device(ecfg.device)
+    key_src = json.dumps({"v": CACHE_VERSION, "weights": weights_digest(encoder.model), "precision": precision(device),
                           "arch": type(encoder.model).__name__, "norm": ecfg.feature_norm, "size": size,
                           "interp": ecfg.interpolation, "mean": mean, "std": std,
                           "data": data_digest(source, labels), "data_cfg": data_keys}, sort_keys=True)
@@ -202,7 +208,6 @@ def encode(encoder: LoadedEncoder, source, labels: np.ndarray, ecfg: EvalConfig,
                 return _kept(feats, ok, labels, source, True)
         except (OSError, ValueError, KeyError):
             pass  # a torn or foreign file: recompute and overwrite
-    device = pick_device(ecfg.device)
     dataset = EvalImages(source, size, ecfg.interpolation)
     feats, ok = extract(feature_model(encoder, ecfg.feature_norm), dataset, mean, std, ecfg, device, desc,
                         strict=dcfg.strict)

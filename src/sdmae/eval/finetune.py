@@ -12,7 +12,7 @@ run resumes exactly from OUT/checkpoints/last.pt (written atomically at epoch en
 `eval.finetune.ckpt_every_steps` and on SIGTERM/SIGINT).
 
 The test set is evaluated every `eval.finetune.eval_every` epochs. Reported: the last evaluation (full
-metrics), `best` (the epoch with the highest test accuracy, as the official script prints it: selected on
+metrics), `best_on_test` (the epoch with the highest test accuracy, as the official script prints it: selected on
 the test set, hence optimistic), `last10_mean` (mean of the last 10 evaluations, the official code's
 other number) and, with `--val`, `val_selected` (test metrics at the epoch with the best validation
 balanced accuracy).
@@ -335,10 +335,11 @@ def _end_of_epoch(st: State, plan: Plan, lr: float, evaluate, has_val: bool, env
 
 
 def report(history: list) -> dict:
-    """best (by test accuracy, like the official script), last10_mean and, with a validation split, val_selected."""
+    """best_on_test (by test accuracy, like the official script: optimistic), last10_mean and, with a validation
+    split, val_selected."""
     out: dict = {"history": history}
     best = max(history, key=lambda r: r["test"]["accuracy"])
-    out["best"] = {"epoch": best["epoch"], **best["test"]}
+    out["best_on_test"] = {"epoch": best["epoch"], **best["test"]}
     tail = history[-10:]
     out["last10_mean"] = {k: (float(np.mean([r["test"][k] for r in tail])) if all(r["test"][k] is not None
                                                                                    for r in tail) else None)
