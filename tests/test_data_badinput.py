@@ -3,8 +3,10 @@ training; missing or empty data is a usage error naming the path."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from sdmae.cli import main
 from sdmae.config import DataConfig
@@ -71,3 +73,26 @@ def test_missing_and_empty_data_are_usage_errors(tmp_path, tiny_overrides, capsy
         assert main(["pretrain", "--data", str(path), "--out", str(tmp_path / "x"), "--set", *tiny_overrides]) == 2
         assert path.name in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.pt"))
+
+
+SAMPLE = Path(__file__).resolve().parent.parent / "src" / "sdmae" / "assets" / "CMU-1-Small-Region.svs"
+
+
+def test_a_slide_that_cannot_be_opened_is_skipped_and_listed_like_a_tile(tiles, tmp_path, capsys):
+    (tiles / "cut.svs").write_bytes(SAMPLE.read_bytes()[:4096])  # a copy that stopped early
+    src = open_sources([str(tiles)], DataConfig())
+    assert "cannot open it" in capsys.readouterr().err
+    kept = drop_unreadable(src, DataConfig(num_workers=0), tmp_path / "out")
+    assert len(kept) == 12 and "cut.svs" in (tmp_path / "out" / SKIPPED_FILE).read_text()
+    with pytest.raises(SdmaeError, match="cut.svs"):
+        open_sources([str(tiles)], DataConfig(strict=True))
+    with pytest.raises(SdmaeError, match="cut.svs"):  # the only data: nothing left to train on
+        open_sources([str(tiles / "cut.svs")], DataConfig())
+
+
+def test_a_tile_smaller_than_one_patch_is_left_out(tiles, tmp_path):
+    Image.new("RGB", (1, 1), (200, 100, 150)).save(tiles / "dot.png")
+    kept = drop_unreadable(open_sources([str(tiles)], DataConfig()), DataConfig(num_workers=0), tmp_path / "out",
+                           min_side=16)
+    assert len(kept) == 12
+    assert "dot.png\t1x1 px, smaller than one 16 px patch" in (tmp_path / "out" / SKIPPED_FILE).read_text()

@@ -60,12 +60,15 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def find_unreadable(source: Source, workers: int) -> list[tuple[int, str, str]]:
-    """[(index, path, reason)] of the source's unreadable image files. Under torch.distributed each process
-    decodes a 1/world share and the lists are gathered, so every process gets the same answer."""
+def find_unreadable(source: Source, workers: int, min_side: int = 1) -> list[tuple[int, str, str]]:
+    """[(index, path, reason)] of the source's unreadable image files, and of those smaller than `min_side` px
+    (a tile smaller than one patch is not a pathology tile: resizing would invent it). Under torch.distributed
+    each process decodes a 1/world share and the lists are gathered, so every process gets the same answer."""
     items = file_items(source)
     rank, world = _distributed()
-    mine = [(i, source.path(i), reason) for i, _, reason in scan_files(items[rank::world], workers) if reason]
+    mine = [(i, source.path(i), reason or f"{size[0]}x{size[1]} px, smaller than one {min_side} px patch")
+            for i, size, reason in scan_files(items[rank::world], workers)
+            if reason or min(size) < min_side]
     if world > 1:
         import torch.distributed as dist
 
@@ -75,20 +78,22 @@ def find_unreadable(source: Source, workers: int) -> list[tuple[int, str, str]]:
     return mine
 
 
-def drop_unreadable(source: Source, cfg: DataConfig, out: Path, main: bool = True) -> Source:
+def drop_unreadable(source: Source, cfg: DataConfig, out: Path, main: bool = True, min_side: int = 1) -> Source:
     """The pre-training pre-scan (`data.prescan`, always under `data.strict`): with `data.strict` an
     unreadable file is an error naming it; otherwise bad files are left out, warned about and listed in
     OUT/skipped_files.txt (written by the main process; empty when none was skipped)."""
     if not (cfg.prescan or cfg.strict):
         return source
-    bad = find_unreadable(source, cfg.num_workers)
+    bad = find_unreadable(source, cfg.num_workers, min_side)
+    unopened = getattr(source, "unopened", [])  # slides left out when the data were opened (warned about then)
     if bad and cfg.strict:
         names = "\n".join(f"  {p}: {r}" for _, p, r in bad[:20])
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
         raise SdmaeError(f"{len(bad)} unreadable file(s) and data.strict=true; fix or remove them:\n{names}{more}")
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / SKIPPED_FILE).write_text("".join(f"{p}\t{r}\n" for _, p, r in bad))
+        (out / SKIPPED_FILE).write_text("".join(f"{p}\t{r}\n" for p, r in unopened)
+                                        + "".join(f"{p}\t{r}\n" for _, p, r in bad))
         for _, p, r in bad[:20]:
             print(f"warning: skipping unreadable file {p} ({r})", file=sys.stderr)
         if bad:

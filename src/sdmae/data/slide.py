@@ -17,13 +17,22 @@ SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".v
 SLIDE_ONLY_SUFFIXES = SLIDE_SUFFIXES - {".tif", ".tiff"}
 
 
+class UnreadableSlide(UsageError):
+    """A slide OpenSlide cannot open or read (truncated, unsupported): skipped like an unreadable tile
+    where other data remain (`sdmae.data.sources`), unless data.strict."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"cannot open slide {path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
 def open_slide(path: str | Path):
     import openslide
 
     try:
         return openslide.OpenSlide(str(path))
     except Exception as e:  # OpenSlideUnsupportedFormatError, OpenSlideError, OSError
-        raise UsageError(f"cannot open slide {path}: {e}") from e
+        raise UnreadableSlide(path, str(e) or type(e).__name__) from e
 
 
 def otsu_threshold(values: np.ndarray) -> float:
@@ -106,7 +115,13 @@ class SlideSource(Source):
         self.file = str(path)
         self.size = size
         self.tile_shape = (size, size)
-        self.tiles = tissue_tiles(open_slide(path), size, mpp, level, tissue_min)
+        handle = open_slide(path)
+        try:
+            self.tiles = tissue_tiles(handle, size, mpp, level, tissue_min)
+        except UsageError:
+            raise
+        except Exception as e:  # a truncated file can open and then fail on its first read (the thumbnail)
+            raise UnreadableSlide(path, f"{type(e).__name__}: {e}") from e
         if not self.tiles:
             raise UsageError(f"no tissue tiles of {size} px found in slide {path}")
         self._slide = None

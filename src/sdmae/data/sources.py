@@ -14,6 +14,7 @@ files, MHIST's partition, a pack's stored splits, or a subfolder of that name. `
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,7 +24,7 @@ from sdmae.data.csvlist import CSVSource, is_mhist, mhist_source, same_split
 from sdmae.data.images import IMAGE_SUFFIXES, FolderSource, image_files, load_rgb
 from sdmae.data.packed import INDEX, PackedSource, is_pack
 from sdmae.data.pcam import gz_pcam_files, pcam_source, pcam_x_files
-from sdmae.data.slide import SLIDE_ONLY_SUFFIXES, SLIDE_SUFFIXES, SlideSource
+from sdmae.data.slide import SLIDE_ONLY_SUFFIXES, SLIDE_SUFFIXES, SlideSource, UnreadableSlide
 from sdmae.errors import UsageError
 
 SAMPLE_SLIDE = Path(__file__).resolve().parent.parent / "assets" / "CMU-1-Small-Region.svs"
@@ -66,8 +67,32 @@ def _folder(p: Path, cfg: DataConfig, split: Optional[str]) -> Source:
     slides = sorted(q for q in p.rglob("*") if q.suffix.lower() in SLIDE_ONLY_SUFFIXES and q.is_file())
     if not images and not slides:
         raise UsageError(f"no images (png, jpg, tif) or slides (svs, ndpi, mrxs, ...) found under {p}")
-    parts = ([FolderSource(p, images)] if images else []) + [_slide(q, cfg) for q in slides]
-    return parts[0] if len(parts) == 1 else ConcatSource(parts)
+    return _joined([FolderSource(p, images)] if images else [], [lambda q=q: _slide(q, cfg) for q in slides],
+                   cfg, str(p))
+
+
+def _joined(parts: list[Source], openers: list, cfg: DataConfig, where: str) -> Source:
+    """`parts` plus what each opener gives, as one source. A slide that cannot be opened is an unreadable input
+    like a broken tile: stops everything under data.strict, else it is left out (warned about here, listed by
+    the pre-scan in skipped_files.txt via the source's `unopened`) while other data remain."""
+    unopened = []
+    for opener in openers:
+        try:
+            part = opener()
+        except UnreadableSlide as e:
+            if cfg.strict:
+                raise
+            unopened.append((e.path, e.reason))
+            print(f"warning: skipping slide {e.path} (cannot open it: {e.reason})", file=sys.stderr)
+            continue
+        unopened += getattr(part, "unopened", [])
+        parts.append(part)
+    if not parts:
+        path, reason = unopened[0]
+        raise UsageError(f"no readable data in {where}: every slide failed to open, e.g. {path}: {reason}")
+    source = parts[0] if len(parts) == 1 else ConcatSource(parts)
+    source.unopened = unopened
+    return source
 
 
 def open_one(path: str, cfg: DataConfig, split: Optional[str] = None) -> Source:
@@ -102,5 +127,6 @@ def open_sources(paths: Optional[Sequence[str]], cfg: DataConfig, split: Optiona
     """Opens `--data` paths (none: the built-in CC0 sample slide) as one source. `split` applies to every
     path that does not name its own with `@SPLIT`."""
     paths = list(paths) if paths else [str(SAMPLE_SLIDE)]
-    srcs = [open_one(p, cfg, split) for p in paths]
-    return srcs[0] if len(srcs) == 1 else ConcatSource(srcs)
+    if len(paths) == 1:
+        return open_one(paths[0], cfg, split)
+    return _joined([], [lambda p=p: open_one(p, cfg, split) for p in paths], cfg, "--data " + " ".join(paths))

@@ -15,6 +15,7 @@ from sdmae.data.check import drop_unreadable
 from sdmae.data.loader import GlobalBatchSampler, PretrainDataset, build_loader, crop_on_device
 from sdmae.data.sources import open_sources
 from sdmae.methods import Method, build_method
+from sdmae.models import ARCHS
 from sdmae.train import distributed as D
 from sdmae.train.checkpoint import CheckpointPolicy, restore, resume_state, training_state
 from sdmae.train.logger import truncate_log
@@ -54,7 +55,8 @@ class Run:
 def build_run(cfg: Config, data, out: Path, env: D.Dist) -> Run:
     """Everything a run needs, in the order that makes a resumed run identical to an uninterrupted one."""
     ckpt = resume_state(out, cfg)
-    source = drop_unreadable(open_sources(data, cfg.data), cfg.data, out, env.main)  # strict: stops here
+    source = drop_unreadable(open_sources(data, cfg.data), cfg.data, out, env.main,  # strict: stops here
+                             min_side=ARCHS.get(cfg.model.name, (1,))[0])  # tiles under a patch: out
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg).to(env.device)
     dataset = PretrainDataset(source, method.sample_fn(), cfg.train.seed,
