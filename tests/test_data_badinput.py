@@ -96,3 +96,11 @@ def test_a_tile_smaller_than_one_patch_is_left_out(tiles, tmp_path):
                            min_side=16)
     assert len(kept) == 12
     assert "dot.png\t1x1 px, smaller than one 16 px patch" in (tmp_path / "out" / SKIPPED_FILE).read_text()
+
+
+def test_tiles_that_break_during_training_are_listed_by_the_worker_that_met_them(tiles, tmp_path, tiny_overrides):
+    out = tmp_path / "run"  # no pre-scan: the data loader's worker process meets the broken files
+    assert main(["pretrain", "--data", str(tiles), "--out", str(out), "--set", *tiny_overrides, "data.num_workers=1",
+                 "data.prescan=false", "data.batch_size=15", "train.max_steps=1", "train.reconstructions=false"]) == 0
+    listed = (out / SKIPPED_FILE).read_text()
+    assert all(b in listed for b in BROKEN), listed

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -21,9 +22,11 @@ def crop_on_device(source, aug: AugConfig, device: torch.device) -> bool:
     return aug.crop_on == "device" or device.type == "cuda"
 
 
-def read_with_fallback(read, n: int, index: int, reported: set):
+def read_with_fallback(read, n: int, index: int, reported: set, log: Optional[Path] = None):
     """(j, read(j)) for the first readable j of index, index + 1, ... (mod n); each unreadable path is warned
-    about once. A broken file never stops a long run; the replacement is deterministic."""
+    about once per process and, with `log` (a run's skipped_files.txt), appended to it by whichever process
+    met it (workers of every rank; one short O_APPEND write per line). A broken file never stops a long run;
+    the replacement is deterministic."""
     for k in range(n):
         j = (index + k) % n
         try:
@@ -32,6 +35,12 @@ def read_with_fallback(read, n: int, index: int, reported: set):
             if e.path not in reported:
                 reported.add(e.path)
                 print(f"warning: skipping unreadable tile {e.path} ({e.reason})", file=sys.stderr)
+                if log is not None:
+                    try:
+                        with open(log, "a") as f:
+                            f.write(f"{e.path}\t{e.reason}\n")
+                    except OSError as err:  # the warning above still names it
+                        print(f"warning: cannot list it in {log}: {err}", file=sys.stderr)
     raise SdmaeError("no readable tile in the data")
 
 
@@ -43,9 +52,11 @@ class PretrainDataset(Dataset):
     file never stops a long run.
     """
 
-    def __init__(self, source, sample_fn: Callable, seed: int, arrays: bool = False):
+    def __init__(self, source, sample_fn: Callable, seed: int, arrays: bool = False,
+                 skipped_log: Optional[Path] = None):
         self.source, self.sample_fn, self.seed, self.arrays = source, sample_fn, seed, arrays
         self.reported: set[str] = set()
+        self.skipped_log = skipped_log  # where tiles that break during training are listed
 
     def __len__(self) -> int:
         return len(self.source)
@@ -58,7 +69,7 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, key) -> dict:
         epoch, index = key
-        _, img = read_with_fallback(self._read, len(self.source), index, self.reported)
+        _, img = read_with_fallback(self._read, len(self.source), index, self.reported, self.skipped_log)
         item = self.sample_fn(img, sample_generator(self.seed, epoch, index))
         item["index"] = index
         return item

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sdmae.checkpoint import save_atomic
 from sdmae.config import Config, dump_yaml
-from sdmae.data.check import drop_unreadable
+from sdmae.data.check import SKIPPED_FILE, drop_unreadable
 from sdmae.data.loader import GlobalBatchSampler, PretrainDataset, build_loader, crop_on_device
 from sdmae.data.sources import open_sources
 from sdmae.methods import Method, build_method
@@ -59,7 +59,7 @@ def build_run(cfg: Config, data, out: Path, env: D.Dist) -> Run:
                              min_side=ARCHS.get(cfg.model.name, (1,))[0])  # tiles under a patch: out
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg).to(env.device)
-    dataset = PretrainDataset(source, method.sample_fn(), cfg.train.seed,
+    dataset = PretrainDataset(source, method.sample_fn(), cfg.train.seed, skipped_log=out / SKIPPED_FILE,
                               arrays=crop_on_device(source, cfg.data.aug, env.device))
     schedule = Schedule.create(cfg, len(dataset), env.world)
     stepper, step = _optimisation(cfg, method, schedule, env, ckpt)
