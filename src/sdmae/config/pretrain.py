@@ -133,6 +133,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
+    dist_timeout: float = 600.0  # seconds a collective may wait for another rank before the run ends (torchrun)
     compile: bool = False
     tensorboard: bool = False
     reconstructions: bool = True  # write OUT/reconstructions.png at the end
@@ -200,7 +201,7 @@ AT_LEAST_1 = ("data.batch_size", "train.epochs", "optim.accum_steps", "model.img
               "train.max_steps", "train.knn_max", "data.tile_size", "model.decoder_dim", "model.decoder_depth",
               "model.decoder_heads", "model.head_hidden_dim", "model.head_bottleneck_dim", "model.head_out_dim",
               "method.moco_dim", "method.moco_mlp_dim")
-POSITIVE = ("optim.base_lr", "method.student_temp", "method.teacher_temp", "method.warmup_teacher_temp",
+POSITIVE = ("train.dist_timeout", "optim.base_lr", "method.student_temp", "method.teacher_temp", "method.warmup_teacher_temp",
             "method.moco_temp", "optim.clip_grad", "data.mpp")
 NON_NEGATIVE = ("optim.min_lr", "optim.weight_decay", "optim.warmup_epochs", "data.num_workers", "data.level",
                 "data.aug.hed_jitter", "data.aug.color_jitter", "train.ckpt_every_steps", "train.ckpt_every_epochs",
@@ -248,7 +249,7 @@ def _validate_views(m: MethodConfig) -> None:
 # Keys that may change when a run is resumed: they do not change what is trained.
 RESUME_FREE_KEYS = {
     "data.num_workers", "train.ckpt_every_steps", "train.ckpt_every_epochs", "train.keep_every_epochs", "train.log_every",
-    "train.device", "train.compile", "train.tensorboard", "train.reconstructions",
+    "train.device", "train.dist_timeout", "train.compile", "train.tensorboard", "train.reconstructions",
     "train.knn_every", "train.knn_train", "train.knn_test", "train.knn_max",
     "data.prescan", "data.verify",
 }

@@ -11,7 +11,7 @@ import signal
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -47,16 +47,18 @@ def env_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def timeout() -> datetime.timedelta:
-    raw = os.environ.get(TIMEOUT_ENV, "600")
+def timeout(seconds: Optional[float] = None) -> datetime.timedelta:
+    """`seconds` (pre-training's train.dist_timeout), else SDMAE_DIST_TIMEOUT, else 600."""
+    raw = os.environ.get(TIMEOUT_ENV, "600") if seconds is None else seconds
     try:
         return datetime.timedelta(seconds=float(raw))
     except ValueError:
         raise UsageError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
 
 
-def setup(device_name: str) -> Dist:
-    """Joins the process group torchrun describes in the environment (a no-op in a single process)."""
+def setup(device_name: str, timeout_s: Optional[float] = None) -> Dist:
+    """Joins the process group torchrun describes in the environment (a no-op in a single process).
+    Collectives that wait longer than `timeout_s` (see `timeout`) fail, and `fail_fast` ends the run."""
     rank, world = env_world()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local)
@@ -65,7 +67,7 @@ def setup(device_name: str) -> Dist:
         if not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout())
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout(timeout_s))
         control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
     return Dist(rank, world, local, device, control)
 
@@ -158,12 +160,18 @@ def exit_code(e: BaseException) -> int:
     return 1
 
 
+def _timed_out(e: BaseException) -> bool:
+    """A collective that hit the process group's timeout (gloo: 'Timed out waiting ...'; NCCL: watchdog)."""
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("timed out" in text or "timeout" in text)
+
+
 @contextlib.contextmanager
 def fail_fast(command: str):
     """In a multi-process run, an exception on any rank ends that rank at once with a non-zero code (os._exit:
     no rank waits in a collective, an interpreter shutdown or a process-group teardown), and the error is
-    printed by the first rank to fail only. The other ranks then fail in their next collective (or after
-    SDMAE_DIST_TIMEOUT) and are ended by torchrun. A single process raises as usual."""
+    printed by the first rank to fail only. The other ranks then fail in their next collective (or after the
+    collective timeout) and are ended by torchrun. A single process raises as usual."""
     try:
         yield
     except BaseException as e:
@@ -176,6 +184,10 @@ def fail_fast(command: str):
                 text = f"sdmae {command}: interrupted\n"
             elif user_error(e) is not None:
                 text = f"sdmae {command}: error: {user_error(e)}\n"
+            elif _timed_out(e):
+                text = (f"sdmae {command}: error: rank {rank} of {world} waited longer than the collective timeout "
+                        f"(train.dist_timeout) for another rank, which did not answer (frozen, stopped or far "
+                        f"slower); ending the run, the last checkpoint is kept ({str(e).splitlines()[0][:200]})\n")
             else:
                 text = f"sdmae {command}: error on rank {rank}:\n{traceback.format_exc()}"
             sys.stderr.write(text)

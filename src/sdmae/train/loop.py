@@ -27,7 +27,7 @@ from sdmae.train.run import Run, build_run
 def pretrain(cfg: Config, data: Optional[Sequence[str]], out_dir: str) -> dict:
     """Runs (or resumes) pre-training into `out_dir`; returns a summary dict. An exception leaves the process
     group as it is: in a multi-process run `D.fail_fast` ends the process without waiting on the others."""
-    env = D.setup(cfg.train.device)
+    env = D.setup(cfg.train.device, cfg.train.dist_timeout)
     with run_folder_lock(Path(out_dir)) if env.main else nullcontext():  # rank 0 writes for all ranks
         summary = _pretrain(cfg, data, Path(out_dir), env)
     D.cleanup()
