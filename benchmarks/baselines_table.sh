@@ -81,11 +81,11 @@ for row in table["rows"]:
     method = row["method"].split("/")[0]
     groups.setdefault(method, []).append([c["balanced_accuracy"]["mean"] for c in row["cells"]])
 print(f"Balanced accuracy (%) on the PCam test tiles, {name} at {size} px, {steps} steps of batch {batch} for every "
-      f"trained row; mean ± std (population std, ddof 0, as `sdmae eval` reports it) over "
+      f"trained row; mean ± sample std (ddof 1, as `sdmae eval` reports it) over "
       f"{len(next(iter(groups.values())))} training seeds.\n")
 print("| Method | " + " | ".join(cols) + " |")
 print("|---|" + "---:|" * len(cols))
 for key in ("random", "supervised", "mocov3", "dino", "mae", "sdmae"):
     v = 100 * np.array(groups[key], dtype=float)
-    print(f"| {names[key]} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(v.mean(0), v.std(0, ddof=0))) + " |")
+    print(f"| {names[key]} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(v.mean(0), v.std(0, ddof=1))) + " |")
 PY

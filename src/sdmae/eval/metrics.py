@@ -47,10 +47,9 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], probs: 
     return {
         "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
         "balanced_accuracy": float(recall[present].mean()) if present.any() else None,
-        # over the classes in the test labels or the predictions, as scikit-learn's default: a class predicted
-        # but absent from the test set counts (its F1 is 0), rather than flattering the score
-        "macro_f1": float(f1_score(y_true, y_pred, labels=np.arange(k)[present | (cm.sum(0) > 0)],
-                                   average="macro", zero_division=0)),
+        # over every class the encoder was asked to tell apart (scikit-learn's f1_score with those labels,
+        # zero_division=0): a class predicted but absent from the test set counts, rather than flattering it
+        "macro_f1": float(f1_score(y_true, y_pred, labels=np.arange(k), average="macro", zero_division=0)),
         "auroc": auroc(y_true, probs, k) if probs is not None else None,
         "n_test": int(len(y_true)),
         "classes": list(classes),
@@ -60,7 +59,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], probs: 
 
 
 def _mean_std(values: list) -> tuple[Any, Any]:
-    """Mean and population std (ddof 0, numpy's default; the one std sdmae reports) of numbers, element-wise for (nested) lists and dicts; None-aware."""
+    """Mean and sample std (ddof 1, the one std sdmae reports; 0 for one value) of numbers, element-wise for (nested) lists and dicts; None-aware."""
     first = values[0]
     if isinstance(first, dict):
         keys = [k for k in first if k not in NOT_AVERAGED]
@@ -74,7 +73,7 @@ def _mean_std(values: list) -> tuple[Any, Any]:
     if all(v == first for v in values):
         return first, 0.0  # keeps integers (n_test, counts) as integers
     arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std())
+    return float(arr.mean()), float(arr.std(ddof=1))
 
 
 def aggregate(runs: list[dict]) -> dict:
