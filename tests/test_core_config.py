@@ -115,3 +115,13 @@ def test_a_mask_ratio_that_masks_nothing_is_refused_before_training():
         build_method(cfg)
     cfg.method.mask_ratio = 0.25  # 1 of 4: the smallest ratio that masks a patch
     assert build_method(cfg).num_mask == 1
+
+
+def test_a_renamed_key_is_read_from_old_checkpoints_and_named_in_new_input():
+    old = to_dict(load_config())  # a config as a checkpoint saved it before the rename
+    old["train"].pop("knn_val")
+    old["train"]["knn_test"] = "val.csv"
+    assert load_config(base=old).train.knn_val == "val.csv"
+    assert diff_training_keys(old, to_dict(load_config(overrides=["train.knn_val=val.csv"]))) == []
+    with pytest.raises(ConfigError, match="'train.knn_test' was renamed 'train.knn_val'"):
+        load_config(overrides=["train.knn_test=val.csv"])

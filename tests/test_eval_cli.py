@@ -253,7 +253,7 @@ def test_knn_monitor_logs_during_pretraining(tree, tmp_path, tiny_overrides):
     out = tmp_path / "pt"
     assert main(["pretrain", "--data", str(tree / "train"), "--out", str(out), "--set", *tiny_overrides,
                  "train.max_steps=4", "train.knn_every=2", f"train.knn_train={tree / 'train'}",
-                 f"train.knn_test={tree / 'test'}", "train.log_every=3", "train.reconstructions=false"]) == 0
+                 f"train.knn_val={tree / 'test'}", "train.log_every=3", "train.reconstructions=false"]) == 0
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     knn = [r for r in rows if "knn_accuracy" in r]
     assert [r["step"] for r in knn] == [2, 4]
@@ -263,7 +263,7 @@ def test_knn_monitor_logs_during_pretraining(tree, tmp_path, tiny_overrides):
 def test_knn_monitor_draws_no_random_numbers(tree):
     from sdmae.eval.monitor import KnnMonitor
 
-    cfg = load_config(overrides=TINY + [f"train.knn_train={tree / 'train'}", f"train.knn_test={tree / 'test'}",
+    cfg = load_config(overrides=TINY + [f"train.knn_train={tree / 'train'}", f"train.knn_val={tree / 'test'}",
                                         "train.knn_every=1", "train.knn_max=6"])
     mon = KnnMonitor(cfg, torch.device("cpu"))
     enc = build_encoder(cfg.model.name, cfg.model.img_size)
@@ -273,7 +273,7 @@ def test_knn_monitor_draws_no_random_numbers(tree):
     assert torch.equal(state, torch.get_rng_state())
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
     assert len(mon.y_train) == 6 and 0.0 <= res["knn_accuracy"] <= 1.0
-    with pytest.raises(UsageError, match="train.knn_test"):
+    with pytest.raises(UsageError, match="train.knn_val"):
         KnnMonitor(load_config(overrides=["train.knn_every=5", f"train.knn_train={tree / 'train'}"]),
                    torch.device("cpu"))
 

@@ -60,7 +60,7 @@ def overrides(method: str, steps: int, train: Path, val: Path) -> list[str]:
             "data.aug.rot90=false", "optim.base_lr=2e-2", "optim.betas=[0.9,0.95]", "optim.warmup_epochs=1",
             "train.epochs=100", f"train.max_steps={steps}", "train.device=cpu", "train.log_every=10",
             "train.reconstructions=false", f"train.knn_every={steps}", f"train.knn_train={train}",
-            f"train.knn_test={val}"]
+            f"train.knn_val={val}"]
 
 
 def run(sets: list[str], data: Path, out: Path) -> list[dict]:

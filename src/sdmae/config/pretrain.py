@@ -141,7 +141,7 @@ class TrainConfig:
     # set, logged to log.jsonl; 0 = off
     knn_every: int = 0
     knn_train: Optional[str] = None  # labelled tiles for the kNN memory (class tree, CSV, ...)
-    knn_test: Optional[str] = None  # labelled tiles to classify: a validation split of the training data, not test
+    knn_val: Optional[str] = None  # labelled tiles to classify: a validation split of the training data, never test
     knn_max: int = 1000  # at most this many tiles of each set (a fixed random subset)
 
 
@@ -159,14 +159,35 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     """Defaults, then `base` (e.g. a checkpoint's config), then the YAML file, then `--set` overrides."""
     cfg = Config()
     if base:
-        apply_mapping(cfg, base)
+        apply_mapping(cfg, migrate(base))
     if path:
-        apply_mapping(cfg, read_yaml_mapping(recipe_path(path), f"config file {path}"))
+        apply_mapping(cfg, _not_renamed(read_yaml_mapping(recipe_path(path), f"config file {path}")))
     for text in overrides or []:
         key, value = parse_override(text)
-        apply_mapping(cfg, nest(key, value))
+        apply_mapping(cfg, _not_renamed(nest(key, value)))
     validate(cfg)
     return cfg
+
+
+# Keys renamed since runs were first saved: configs inside checkpoints and exports are read under the new name;
+# a recipe or --set that uses the old one gets an error naming the new one (an unknown key, see loading).
+RENAMED = {("train", "knn_test"): "knn_val"}  # issue 14: the kNN monitor's tiles are a validation split
+
+
+def migrate(saved: dict) -> dict:
+    """A saved config (checkpoint, export) with renamed keys under their new names."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for (section, old), new in RENAMED.items():
+        if isinstance(out.get(section), dict) and old in out[section]:
+            out[section][new] = out[section].pop(old)
+    return out
+
+
+def _not_renamed(mapping: dict) -> dict:
+    for (section, old), new in RENAMED.items():
+        if isinstance(mapping.get(section), dict) and old in mapping[section]:
+            raise ConfigError(f"config key '{section}.{old}' was renamed '{section}.{new}'")
+    return mapping
 
 
 def validate(cfg: Config) -> None:
@@ -250,14 +271,14 @@ def _validate_views(m: MethodConfig) -> None:
 RESUME_FREE_KEYS = {
     "data.num_workers", "train.ckpt_every_steps", "train.ckpt_every_epochs", "train.keep_every_epochs", "train.log_every",
     "train.device", "train.dist_timeout", "train.compile", "train.tensorboard", "train.reconstructions",
-    "train.knn_every", "train.knn_train", "train.knn_test", "train.knn_max",
+    "train.knn_every", "train.knn_train", "train.knn_val", "train.knn_max",
     "data.prescan", "data.verify",
 }
 
 
 def diff_training_keys(old: dict, new: dict) -> list[str]:
     """Keys whose values differ between two configs, ignoring RESUME_FREE_KEYS."""
-    a, b = flatten(old), flatten(new)
+    a, b = flatten(migrate(old)), flatten(migrate(new))
     return sorted(k for k in set(a) | set(b) if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k))
 
 

@@ -1,6 +1,6 @@
 """kNN accuracy during pre-training, so a collapsing or stalled run shows early in log.jsonl.
 
-With `train.knn_every=N`, `train.knn_train=PATH` and `train.knn_test=PATH` (small labelled sets; at most
+With `train.knn_every=N`, `train.knn_train=PATH` and `train.knn_val=PATH` (small labelled sets; at most
 `train.knn_max` tiles of each, a fixed random subset), every N steps the main process computes frozen
 features of both sets (same pooling as `sdmae eval knn`) and logs `knn_accuracy` and
 `knn_balanced_accuracy` (and `knn_seconds`, left out of `images_per_s`) with that step. The tiles are
@@ -45,16 +45,16 @@ def _load(source, labels: np.ndarray, size: int, limit: int, interpolation: str)
 class KnnMonitor:
     def __init__(self, cfg: Config, device: torch.device):
         t = cfg.train
-        if not t.knn_train or not t.knn_test:
-            raise UsageError("train.knn_every needs train.knn_train=PATH and train.knn_test=PATH (labelled tiles)")
+        if not t.knn_train or not t.knn_val:
+            raise UsageError("train.knn_every needs train.knn_train=PATH and train.knn_val=PATH (labelled tiles)")
         self.every, self.device, self.cfg = t.knn_every, device, cfg
         self.ecfg = EvalConfig()
         src_train = open_split([t.knn_train], cfg.data, "train.knn_train")
-        src_test = open_split([t.knn_test], cfg.data, "train.knn_test")
+        src_test = open_split([t.knn_val], cfg.data, "train.knn_val")
         self.classes = class_space(src_train.classes, [], "train.knn_train")
         size = cfg.model.img_size
         y_train = remap(labels_of(src_train), src_train.classes, self.classes, [], "train.knn_train")
-        y_test = remap(labels_of(src_test), src_test.classes, self.classes, [], "train.knn_test")
+        y_test = remap(labels_of(src_test), src_test.classes, self.classes, [], "train.knn_val")
         self.x_train, self.y_train = _load(src_train, y_train, size, t.knn_max, self.ecfg.interpolation)
         self.x_test, self.y_test = _load(src_test, y_test, size, t.knn_max, self.ecfg.interpolation)
 
