@@ -24,7 +24,8 @@ def write_error(path: Path, e: BaseException) -> SdmaeError:
             full = shutil.disk_usage(path.parent).free < (1 << 20)
         except OSError:
             full = False
-        cause = "no space left on the device" if full else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        first = str(e).splitlines()[0] if str(e) else ""
+        cause = "no space left on the device" if full else f"{type(e).__name__}: {first}"
     return SdmaeError(f"cannot write {path}: {cause}")
 
 
