@@ -222,8 +222,8 @@ AT_LEAST_1 = ("data.batch_size", "train.epochs", "optim.accum_steps", "model.img
               "train.max_steps", "train.knn_max", "data.tile_size", "model.decoder_dim", "model.decoder_depth",
               "model.decoder_heads", "model.head_hidden_dim", "model.head_bottleneck_dim", "model.head_out_dim",
               "method.moco_dim", "method.moco_mlp_dim")
-POSITIVE = ("train.dist_timeout", "optim.base_lr", "method.student_temp", "method.teacher_temp", "method.warmup_teacher_temp",
-            "method.moco_temp", "optim.clip_grad", "data.mpp")
+POSITIVE = ("train.dist_timeout", "optim.base_lr", "method.student_temp", "method.teacher_temp",
+            "method.warmup_teacher_temp", "method.moco_temp", "optim.clip_grad", "data.mpp")
 NON_NEGATIVE = ("optim.min_lr", "optim.weight_decay", "optim.warmup_epochs", "data.num_workers", "data.level",
                 "data.aug.hed_jitter", "data.aug.color_jitter", "train.ckpt_every_steps", "train.ckpt_every_epochs",
                 "train.keep_every_epochs", "train.knn_every", "method.warmup_teacher_temp_epochs",

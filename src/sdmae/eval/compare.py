@@ -260,8 +260,8 @@ def render_markdown(table: dict) -> str:
         names = [metric or registry.main_metric(c["protocol"]) for c in cols]
         title = metric or ", ".join(dict.fromkeys(names))
         seeds = table["seeds"]
-        lines = [f"**{title.replace('_', ' ')}** (%, " + (f"mean ± sample std (ddof 1) over {seeds} seeds)" if seeds > 1
-                                                           else "1 seed)"), "",
+        spread = f"mean ± sample std (ddof 1) over {seeds} seeds)" if seeds > 1 else "1 seed)"
+        lines = [f"**{title.replace('_', ' ')}** (%, " + spread, "",
                  "| Method | " + " | ".join(f"{c['dataset']} {c['protocol']}" for c in cols) + " |",
                  "|---|" + "---:|" * len(cols)]
         for row in table["rows"]:

@@ -59,7 +59,8 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], probs: 
 
 
 def _mean_std(values: list) -> tuple[Any, Any]:
-    """Mean and sample std (ddof 1, the one std sdmae reports; 0 for one value) of numbers, element-wise for (nested) lists and dicts; None-aware."""
+    """Mean and sample std (ddof 1, the one std sdmae reports; 0 for one value) of numbers, element-wise for
+    (nested) lists and dicts; None-aware."""
     first = values[0]
     if isinstance(first, dict):
         keys = [k for k in first if k not in NOT_AVERAGED]
