@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Optional, Sequence
 
 from sdmae import __version__
@@ -12,6 +15,7 @@ from sdmae.data.cli import add_bench_data, add_data, add_tile
 from sdmae.dense.cli import add_detect, add_segment
 from sdmae.errors import user_error
 from sdmae.eval.cli import add_compare, add_fewshot, add_finetune, add_knn, add_linear
+from sdmae.runlock import run_folder_lock
 from sdmae.train.cli import add_bench_train
 from sdmae.viz.cli import add_viz
 
@@ -29,9 +33,12 @@ def add_pretrain(sub) -> None:
                    help="config overrides, e.g. --set model.name=vit_tiny_patch16 train.max_steps=100")
 
     def run(a) -> int:
-        from sdmae.train.loop import main_pretrain
+        # the run folder is locked before torch is even imported: a second run on it ends in a fraction of a
+        # second, not after the seconds of start-up that a short first run may not outlive (rank 0 locks)
+        with run_folder_lock(Path(a.out)) if os.environ.get("RANK", "0") == "0" else nullcontext():
+            from sdmae.train.loop import main_pretrain
 
-        return main_pretrain(a.config, a.set, a.method, a.data, a.out)
+            return main_pretrain(a.config, a.set, a.method, a.data, a.out)
 
     p.set_defaults(run=run)
 

@@ -20,11 +20,16 @@ from pathlib import Path
 from sdmae.errors import UsageError
 
 LOCK_NAME = ".lock"
+_HELD: set[Path] = set()  # folders this process holds: taking one again (the CLI, then `pretrain`) is a no-op
 
 
 @contextmanager
 def run_folder_lock(out: Path):
     """Holds OUT/.lock exclusively until the block ends; a second holder gets a UsageError at once."""
+    key = out.resolve()
+    if key in _HELD:
+        yield
+        return
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -38,8 +43,10 @@ def run_folder_lock(out: Path):
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         remove_stale_temp_files(out)
+        _HELD.add(key)
         yield
     finally:
+        _HELD.discard(key)
         os.close(fd)  # releases the lock
 
 
