@@ -180,3 +180,62 @@ def test_a_checkpoint_whose_config_disagrees_with_its_weights_is_named(run, tmp_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"{tmp_path / 'edited.pt'}: weights do not fit" in err[0], err
         assert "'pos_embed' is (1, 4, 192) in the file, (1, 4, 384) in the model" in err[0]  # the first mismatch
+
+
+def eva_snippet(exp):
+    import yaml
+
+    return yaml.safe_load((exp / "eva_backbone.yaml").read_text())
+
+
+def embed_features(run, tmp_path):
+    out = tmp_path / "e.npz"
+    assert main(["embed", "--ckpt", str(run["exp"]), "--data", str(run["tiles"]), "--out", str(out),
+                 "--num-workers", "0"]) == 0
+    z = np.load(out, allow_pickle=False)
+    return list(z["paths"]), z["features"]
+
+
+def test_eva_snippet_builds_the_encoder_with_timm_alone(run, tmp_path):
+    """The snippet's arguments alone (as eva's TimmModel passes them to timm) rebuild the encoder: strict
+    load, `sdmae embed`'s features with the snippet's mean and std."""
+    import timm
+    from safetensors.torch import load_file
+
+    snip = eva_snippet(run["exp"])
+    args = snip["backbone"]["init_args"]
+    assert snip["backbone"]["class_path"] == "eva.vision.models.wrappers.TimmModel"
+    assert os.path.isabs(args["checkpoint_path"]) and args["model_kwargs"]["img_size"] == 32
+    m = timm.create_model(args["model_name"], pretrained=False, **args["model_kwargs"])
+    m.load_state_dict(load_file(args["checkpoint_path"]), strict=True)
+    assert snip["normalize"] == {"mean": run["cfg"].data.aug.mean, "std": run["cfg"].data.aug.std}
+    files, feats = embed_features(run, tmp_path)
+    cfg = run["cfg"]
+    cfg.data.aug.mean, cfg.data.aug.std = snip["normalize"]["mean"], snip["normalize"]["std"]
+    with torch.no_grad():
+        theirs = m.eval()(timm_inputs(files, cfg)).numpy()
+    np.testing.assert_allclose(theirs, feats, atol=1e-4)
+
+
+def test_export_files_follow_the_umask(run, tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert main(["export", "--ckpt", str(run["ckpt"]), "--out", str(tmp_path / "x")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "x").iterdir()}
+    assert set(modes) == {"model.safetensors", "config.json", "README.md", "eva_backbone.yaml"}
+    assert set(modes.values()) == {0o640}, modes
+
+
+@pytest.mark.eva
+def test_eva_timm_model_from_the_snippet_gives_embed_features(run, tmp_path):
+    """kaiko-eva's own wrapper, built from the snippet (`pip install kaiko-eva`; skipped without it)."""
+    wrappers = pytest.importorskip("eva.vision.models.wrappers", reason="kaiko-eva is not installed "
+                                   "(pip install kaiko-eva to run this test)")
+    args = eva_snippet(run["exp"])["backbone"]["init_args"]
+    model = wrappers.TimmModel(**args).eval()
+    files, feats = embed_features(run, tmp_path)
+    with torch.no_grad():
+        theirs = model(timm_inputs(files, run["cfg"])).numpy()
+    np.testing.assert_allclose(theirs, feats, atol=1e-4)

@@ -8,10 +8,14 @@ pretrained=True, pretrained_cfg_overlay=dict(file=..., **pretrained_cfg), **mode
 either timm adds its default 1000-class head, which the encoder-only file does not have).
 `sdmae_config` (the run config) lets sdmae read the folder back (`--ckpt DIR`).
 DIR/README.md is a model card with the training config and any metrics found next to the run.
+DIR/eva_backbone.yaml is the `backbone:` block kaiko-eva needs (its `TimmModel` wrapper with every argument
+timm needs, and the checkpoint's absolute path) plus the `normalize:` mean and std its transforms must use
+(docs/eva.md). Every file is created with the user's umask, like any other file they write.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -60,6 +64,38 @@ def pretrained_cfg(cfg: Config, method: str) -> dict:
         "paper_name": "Self-distillation Augmented Masked Autoencoders for Histopathological Image Understanding",
         "paper_ids": "arXiv:2203.16983",
     }
+
+
+EVA_WRAPPER = "eva.vision.models.wrappers.TimmModel"
+
+
+def eva_backbone(cfg: Config, weights: Path) -> dict:
+    """kaiko-eva's view of the export: eva's `TimmModel` calls `timm.create_model(model_name,
+    pretrained_cfg={file, num_classes: 0}, **model_kwargs)`, so model_kwargs must carry every argument of
+    `export_model_args` (eva's registry names and default transforms would silently drop them)."""
+    return {
+        "backbone": {"class_path": EVA_WRAPPER,
+                     "init_args": {"model_name": timm_arch_name(cfg.model.name), "pretrained": False,
+                                   "checkpoint_path": str(weights.resolve()),
+                                   "model_kwargs": {**export_model_args(cfg), "num_classes": 0}}},
+        "normalize": {"mean": list(cfg.data.aug.mean), "std": list(cfg.data.aug.std)},
+        "resize": cfg.model.img_size,
+        "in_features": timm_model_args(cfg.model.name, cfg.model.img_size)["embed_dim"],
+    }
+
+
+def eva_yaml(cfg: Config, weights: Path) -> str:
+    head = (f"# kaiko-eva backbone for this export ({cfg.model.name} at {cfg.model.img_size} px; the timm name is "
+            f"only the family:\n# img_size and patch_size are in model_kwargs). Use with eva: see sdmae's "
+            f"docs/eva.md. Moving this folder:\n# run `sdmae export` again or edit checkpoint_path.\n")
+    return head + yaml.safe_dump(eva_backbone(cfg, weights), sort_keys=False)
+
+
+def user_mode(path: Path) -> None:
+    """Gives `path` the mode a plain `open(..., "w")` would (0666 less the umask): safetensors writes 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def build_timm(cfg: Config) -> torch.nn.Module:
@@ -187,7 +223,9 @@ def export(ckpt_path: str, out_dir: str, metrics_files: Sequence[str] = ()) -> P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    weights = out / "model.safetensors"
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    user_mode(weights)
     meta = {
         "architecture": arch,
         "num_classes": 0,
@@ -202,10 +240,11 @@ def export(ckpt_path: str, out_dir: str, metrics_files: Sequence[str] = ()) -> P
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     found = find_metrics(run_dir_of(path.resolve()), list(metrics_files), out.resolve())
     (out / "README.md").write_text(model_card(cfg, arch, args, ckpt, path, found))
+    (out / "eva_backbone.yaml").write_text(eva_yaml(cfg, weights))
     return out
 
 
 def main_export(ckpt: str, out: str, metrics: Optional[Sequence[str]] = None) -> int:
     folder = export(ckpt, out, metrics or ())
-    print(f"exported the encoder to {folder} (model.safetensors, config.json, README.md)", file=sys.stderr)
+    print(f"exported the encoder to {folder} (model.safetensors, config.json, README.md, eva_backbone.yaml)", file=sys.stderr)
     return 0
