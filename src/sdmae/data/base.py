@@ -48,6 +48,9 @@ class Source(ABC):
     def read_array(self, i: int) -> np.ndarray:
         return np.asarray(self.read(i), dtype=np.uint8)
 
+    def read_into(self, i: int, out: np.ndarray) -> None:
+        out[...] = self.read_array(i)
+
     @abstractmethod
     def path(self, i: int) -> str: ...
 
@@ -76,6 +79,9 @@ class SubsetSource(Source):
 
     def read_array(self, i: int) -> np.ndarray:
         return self.source.read_array(int(self.indices[i]))
+
+    def read_into(self, i: int, out: np.ndarray) -> None:
+        self.source.read_into(int(self.indices[i]), out)
 
     def path(self, i: int) -> str:
         return self.source.path(int(self.indices[i]))
@@ -116,6 +122,10 @@ class ConcatSource(Source):
     def read_array(self, i: int) -> np.ndarray:
         k, j = self._locate(i)
         return self.sources[k].read_array(j)
+
+    def read_into(self, i: int, out: np.ndarray) -> None:
+        k, j = self._locate(i)
+        self.sources[k].read_into(j, out)
 
     def path(self, i: int) -> str:
         k, j = self._locate(i)

@@ -147,13 +147,18 @@ def add_bench_data(group) -> None:
     p.add_argument("--config", help="YAML recipe (a path or a built-in name)")
     p.add_argument("--set", help="config overrides, e.g. model.img_size=96 data.num_workers=2", **SETS)
     p.add_argument("--batches", type=int, default=80, help="timed batches (default 80)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed batches first (default 2, plus on the device-crop path what each worker needs to "
+                        "allocate its ring of tile buffers)")
+    p.add_argument("--host-only", action="store_true",
+                   help="time only what the training process receives on the device-crop path (uint8 tiles, "
+                        "masks, crop parameters; pinned with CUDA), without the device-side work")
 
     def run(a) -> int:
         from sdmae.config import load_config
         from sdmae.train.bench_data import bench_data
 
-        print(json.dumps(bench_data(load_config(a.config, a.set), a.data, a.batches, a.warmup)))
+        print(json.dumps(bench_data(load_config(a.config, a.set), a.data, a.batches, a.warmup, a.host_only)))
         return 0
 
     p.set_defaults(run=run)

@@ -7,12 +7,13 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
 
 from sdmae.config import AugConfig
 from sdmae.data.base import UnreadableTile
 from sdmae.data.transforms import DeviceTile, sample_generator
-from sdmae.errors import SdmaeError
+from sdmae.errors import SdmaeError, UsageError
 
 
 def crop_on_device(source, aug: AugConfig, device: torch.device) -> bool:
@@ -57,6 +58,9 @@ class PretrainDataset(Dataset):
         self.source, self.sample_fn, self.seed, self.arrays = source, sample_fn, seed, arrays
         self.reported: set[str] = set()
         self.skipped_log = skipped_log  # where tiles that break during training are listed
+        self.buffer_slots = 0  # set by build_loader: tile buffers each worker cycles through (0: a new one each)
+        self._buffers: list = []
+        self._served = 0
 
     def __len__(self) -> int:
         return len(self.source)
@@ -73,6 +77,65 @@ class PretrainDataset(Dataset):
         item = self.sample_fn(img, sample_generator(self.seed, epoch, index))
         item["index"] = index
         return item
+
+    def __getitems__(self, keys: list) -> "list | Batch":
+        """A whole batch in one call (the DataLoader's batched fetch). On the device-crop path the tiles are
+        copied once, straight from the source into one (B, H, W, 3) buffer (shared memory in a worker, so
+        the hand-over to the training process copies nothing), and "image" is that buffer viewed as
+        (B, 3, H, W): the same values `__getitem__` + collate give, without a per-sample transpose and a
+        second copy. Elsewhere: the per-sample items, collated as usual."""
+        if not self.arrays:
+            return [self[k] for k in keys]
+        buf = self._tile_buffer(len(keys))
+        tiles = buf.numpy()
+        for k, (_, index) in enumerate(keys):  # all copies first: the Python below then runs in warm caches
+            read = lambda j: self.source.read_into(j, tiles[k])  # noqa: E731 (one tile per call)
+            read_with_fallback(read, len(self.source), index, self.reported, self.skipped_log)
+        items = []
+        for k, (epoch, index) in enumerate(keys):
+            item = self.sample_fn(tiles[k].view(DeviceTile), sample_generator(self.seed, epoch, index))
+            item["index"] = index
+            items.append(item)
+        image = buf.permute(0, 3, 1, 2)
+        if not all(it.get("image") is not None and it["image"].data_ptr() == image[k].data_ptr()
+                   for k, it in enumerate(items)):
+            return Batch(default_collate(items))  # the sample function made its own images (multi-view)
+        rest = default_collate([{k: v for k, v in it.items() if k != "image"} for it in items])
+        return Batch(rest, image=image)
+
+    def _tile_buffer(self, n: int) -> torch.Tensor:
+        """A uint8 (n, H, W, 3) buffer for one batch. In a worker: shared memory, each worker cycling through
+        `buffer_slots` buffers, because a fresh 38 MB segment per batch costs more in page faults than the
+        batch's copy. Safe because the DataLoader keeps at most prefetch_factor batches per worker in flight:
+        with prefetch_factor + 2 slots a buffer is rewritten only after the consumer has been handed
+        2 x num_workers later batches (the training loop is done with a batch when it asks for the next)."""
+        h, w = self.source.tile_shape
+        if get_worker_info() is None or not self.buffer_slots:
+            return tile_buffer(n, h, w)
+        k = self._served % self.buffer_slots
+        self._served += 1
+        if k >= len(self._buffers):
+            self._buffers.append(tile_buffer(n, h, w))
+        buf = self._buffers[k]
+        return buf if buf.shape[0] == n else tile_buffer(n, h, w)
+
+
+class Batch(dict):
+    """A batch collated inside `PretrainDataset.__getitems__`; `collate` passes it through."""
+
+
+def collate(data):
+    return data if isinstance(data, Batch) else default_collate(data)
+
+
+def tile_buffer(n: int, h: int, w: int) -> torch.Tensor:
+    """An uninitialised uint8 (n, h, w, 3) tensor, in shared memory inside a DataLoader worker (what
+    default_collate allocates there, so the batch crosses to the training process without a copy)."""
+    numel = n * h * w * 3
+    if get_worker_info() is None:
+        return torch.empty((n, h, w, 3), dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(numel)
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (n, h, w, 3))
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -91,7 +154,9 @@ class GlobalBatchSampler:
         self.n, self.b, self.world, self.rank, self.seed = n, per_rank, world, rank, seed
         self.per_epoch = n // (per_rank * world)
         if self.per_epoch == 0:
-            raise ValueError(f"{n} samples cannot fill one global batch of {per_rank * world}")
+            procs = f" x {world} processes" if world > 1 else ""
+            raise UsageError(f"the data has {n} samples, too few to fill one global batch of {per_rank * world} "
+                             f"(data.batch_size {per_rank}{procs}): lower data.batch_size or add data")
         self.start, self.total = start, total
 
     def __len__(self) -> int:
@@ -108,8 +173,12 @@ class GlobalBatchSampler:
             yield [(epoch, int(i)) for i in perm[lo: lo + self.b]]
 
 
+PREFETCH = 4  # batches in flight per worker
+
+
 def build_loader(dataset: PretrainDataset, sampler: GlobalBatchSampler, num_workers: int, pin: bool) -> DataLoader:
+    dataset.buffer_slots = PREFETCH + 2 if num_workers else 0
     # Its own generator: creating an iterator must not draw from the global RNG, whose state is checkpointed.
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None,
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin, collate_fn=collate,
+                      persistent_workers=False, prefetch_factor=PREFETCH if num_workers else None,
                       generator=torch.Generator().manual_seed(dataset.seed))

@@ -125,6 +125,14 @@ class PackedSource(Source):
         except OSError as e:
             raise UnreadableTile(self.path(i), f"{type(e).__name__}: {e}") from e
 
+    def read_into(self, i: int, out: np.ndarray) -> None:
+        """One copy from the page cache into `out` (batched reads gather straight into the batch's buffer)."""
+        r = int(self.rows[i])
+        try:
+            out[...] = self._shard(r // self.per_shard)[r % self.per_shard]
+        except OSError as e:
+            raise UnreadableTile(self.path(i), f"{type(e).__name__}: {e}") from e
+
     def path(self, i: int) -> str:
         return f"{self.root}#{self.origins[int(self.rows[i])]}"
 

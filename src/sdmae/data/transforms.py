@@ -135,8 +135,8 @@ class PretrainTransform:
         sigma, s = self.aug.hed_jitter, self.aug.color_jitter
         colour = [1 + sigma * (2 * v - 1) for v in u[3:6]] + [sigma * (2 * v - 1) for v in u[6:9]] \
             + [max(0.0, 1 - s + 2 * s * v) for v in u[9:12]]
-        if isinstance(img, DeviceTile):
-            image = torch.from_numpy(np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1)))
+        if isinstance(img, DeviceTile):  # a (3, H, W) view of the tile itself: collation makes the one copy
+            image = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)
             geometry = [self.size, *box, hflip, vflip, turns]
         else:
             image = crop_flip_rotate(img, box, self.size, self.mode, hflip, vflip, turns)
