@@ -17,6 +17,18 @@ DATA = Path(os.environ.get("SDMAE_TEST_DATA", REPO.parent / "shared" / "data"))
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Caches (tissue grids, features) in a folder of this session, never the user's (subprocesses too)."""
+    old = os.environ.get("SDMAE_CACHE")
+    os.environ["SDMAE_CACHE"] = str(tmp_path_factory.mktemp("sdmae-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SDMAE_CACHE", None)
+    else:
+        os.environ["SDMAE_CACHE"] = old
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread even where OMP_NUM_THREADS asks for more: for modules of tiny models, which run

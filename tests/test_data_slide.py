@@ -73,3 +73,69 @@ def test_sample_slide_tiles(sample_slide, tmp_path):
     summary = tile_slides([str(sample_slide)], tmp_path, TilingSettings(224, None, 0, 0.5, "png"), workers=2)
     n = summary[str(sample_slide)]["tiles"]
     assert 30 <= n <= 117 and len(list(tmp_path.rglob("*.png"))) == n
+
+
+def test_tissue_grid_is_computed_once_and_recomputed_when_the_slide_changes(pyramid, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    monkeypatch.setenv("SDMAE_CACHE", str(tmp_path / "cache"))
+    slide = tmp_path / "s.tif"
+    shutil.copy(pyramid, slide)
+    first = slides.SlideSource(slide, 256)
+    calls = []
+    real = slides.tissue_tiles
+    monkeypatch.setattr(slides, "tissue_tiles", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = slides.SlideSource(slide, 256)
+    assert again.tiles == first.tiles and not calls  # from the cache
+    slides.SlideSource(slide, 128)
+    assert len(calls) == 1  # other parameters: another entry
+    st = slide.stat()
+    os.utime(slide, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # an edited slide
+    assert slides.SlideSource(slide, 256).tiles == first.tiles and len(calls) == 2
+    slides.SlideSource(slide, 256, tissue_cache=False)
+    assert len(calls) == 3
+
+
+def test_unwritable_or_broken_tissue_cache_only_costs_the_computation(pyramid, tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("SDMAE_CACHE", str(tmp_path / "file"))
+    assert len(slides.SlideSource(pyramid, 256)) == 4
+    assert "tissue grid not cached" in capsys.readouterr().err
+    monkeypatch.setenv("SDMAE_CACHE", str(tmp_path / "c"))
+    src = slides.SlideSource(pyramid, 256)
+    next((tmp_path / "c" / "tissue").glob("*.json")).write_text("{broken")
+    assert slides.SlideSource(pyramid, 256).tiles == src.tiles
+    assert "ignoring unreadable tissue cache" in capsys.readouterr().err
+
+
+def test_block_reads_give_the_pixels_of_direct_reads(sample_slide):
+    handle = slides.open_slide(sample_slide)
+    for size, mpp in ((224, None), (100, 0.7)):
+        blocked = slides.SlideSource(sample_slide, size, mpp=mpp, cache_mb=64)
+        direct = slides.SlideSource(sample_slide, size, mpp=mpp, cache_mb=0)
+        assert blocked.blocked and not direct.blocked
+        for i in range(0, len(blocked), 7):
+            want = np.asarray(slides.read_tile(handle, direct.tiles[i], size))
+            assert np.array_equal(blocked.read_array(i), want) and np.array_equal(direct.read_array(i), want)
+    assert not slides.SlideSource(sample_slide, 224, cache_mb=1).blocked  # tissue larger than the cache
+
+
+def test_transparent_pixels_become_white_as_pil_paste_makes_them():
+    from PIL import Image
+
+    rgba = np.random.default_rng(0).integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    img = Image.fromarray(rgba, "RGBA")
+    bg = Image.new("RGB", img.size, (255, 255, 255))
+    bg.paste(img, mask=img.split()[3])
+    assert np.array_equal(slides.on_white(rgba), np.asarray(bg))
+
+
+def test_block_cache_stays_within_its_capacity():
+    cache = slides.BlockCache()
+    cache.capacity = 3 * 100
+    for k in range(10):
+        cache.get(k, lambda: np.zeros(100, np.uint8))
+    assert cache.bytes <= 300 and list(cache.blocks) == [7, 8, 9]
+    cache.get(7, lambda: None)  # a hit: no load, most recent now
+    assert list(cache.blocks) == [8, 9, 7]

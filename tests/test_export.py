@@ -231,8 +231,9 @@ def test_export_files_follow_the_umask(run, tmp_path):
 @pytest.mark.eva
 def test_eva_timm_model_from_the_snippet_gives_embed_features(run, tmp_path):
     """kaiko-eva's own wrapper, built from the snippet (`pip install kaiko-eva`; skipped without it)."""
-    wrappers = pytest.importorskip("eva.vision.models.wrappers", reason="kaiko-eva is not installed "
-                                   "(pip install kaiko-eva to run this test)")
+    wrappers = pytest.importorskip("eva.vision.models.wrappers", exc_type=ImportError,
+                                   reason="kaiko-eva's vision part is not installed (pip install "
+                                          "'kaiko-eva[vision]' to run this test)")
     args = eva_snippet(run["exp"])["backbone"]["init_args"]
     model = wrappers.TimmModel(**args).eval()
     files, feats = embed_features(run, tmp_path)

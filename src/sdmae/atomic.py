@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sdmae.errors import USER_ERRNOS, SdmaeError
@@ -47,7 +47,8 @@ def atomic_path(path: str | Path, suffix: str = "", durable: bool = False):
     except (OSError, RuntimeError) as e:
         raise write_error(path, e) from e
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # e.g. the folder is not one: there is no temp file to remove
+            tmp.unlink(missing_ok=True)
 
 
 def _fsync(path: Path, flags: int) -> None:

@@ -106,6 +106,8 @@ class DataConfig:
     mpp: Optional[float] = None  # microns per pixel of slide tiles (None: level below)
     level: int = 0
     tissue_min: float = 0.5  # fraction of a slide tile that must be tissue
+    tissue_cache: bool = True  # keep each slide's tissue grid in the cache folder ($SDMAE_CACHE/tissue)
+    slide_cache_mb: int = 1024  # per process: slides whose tissue fits are decoded once, in blocks
     prescan: bool = True  # decode every image file once before training, to skip (or, strict, stop on) bad ones
     verify: bool = True  # recompute packed files' checksums when they are opened
     aug: AugConfig = field(default_factory=AugConfig)
@@ -225,7 +227,7 @@ AT_LEAST_1 = ("data.batch_size", "train.epochs", "optim.accum_steps", "model.img
 POSITIVE = ("train.dist_timeout", "optim.base_lr", "method.student_temp", "method.teacher_temp",
             "method.warmup_teacher_temp", "method.moco_temp", "optim.clip_grad", "data.mpp")
 NON_NEGATIVE = ("optim.min_lr", "optim.weight_decay", "optim.warmup_epochs", "data.num_workers", "data.level",
-                "data.aug.hed_jitter", "data.aug.color_jitter", "train.ckpt_every_steps", "train.ckpt_every_epochs",
+                "data.slide_cache_mb", "data.aug.hed_jitter", "data.aug.color_jitter", "train.ckpt_every_steps", "train.ckpt_every_epochs",
                 "train.keep_every_epochs", "train.knn_every", "method.warmup_teacher_temp_epochs",
                 "method.freeze_last_layer_epochs", "method.views.local_crops")
 FRACTIONS = ("method.p", "method.center_momentum", "method.momentum", "data.tissue_min", "method.views.jitter_p",

@@ -44,7 +44,7 @@ def split_path(text: str) -> tuple[str, Optional[str]]:
 
 
 def _slide(p: Path, cfg: DataConfig) -> SlideSource:
-    return SlideSource(p, cfg.tile_size, cfg.mpp, cfg.level, cfg.tissue_min)
+    return SlideSource(p, cfg.tile_size, cfg.mpp, cfg.level, cfg.tissue_min, cfg.slide_cache_mb, cfg.tissue_cache)
 
 
 def _folder(p: Path, cfg: DataConfig, split: Optional[str]) -> Source:

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sdmae.atomic import atomic_path
+from sdmae.cachedir import cache_dir
 from sdmae.config import DataConfig, EvalConfig
 from sdmae.data.sources import UnreadableTile
 from sdmae.data.transforms import to_uint8_chw
@@ -169,12 +170,7 @@ def data_digest(source, labels: np.ndarray) -> str:
 
 
 def cache_root(ecfg: EvalConfig) -> Path:
-    if ecfg.cache_dir:
-        return Path(ecfg.cache_dir)
-    if os.environ.get("SDMAE_CACHE"):
-        return Path(os.environ["SDMAE_CACHE"]) / "features"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sdmae" / "features"
+    return Path(ecfg.cache_dir) if ecfg.cache_dir else cache_dir("features")
 
 
 @dataclass
