@@ -33,7 +33,7 @@ def batch(arrays, aug, size, device_tiles):
     items = [PretrainTransform(aug, size)(a.view(DeviceTile) if device_tiles else a, sample_generator(3, 1, i))
              for i, a in enumerate(arrays)]
     images = torch.stack([it["image"] for it in items])
-    return finish_images(images, aug, torch.stack([it["image_aug"] for it in items]))
+    return finish_images(images, aug, torch.stack([it["image_aug"] for it in items]), size, crops=device_tiles)
 
 
 def test_generator_depends_only_on_seed_epoch_index():
@@ -130,7 +130,7 @@ def test_batches_do_not_depend_on_worker_count(tmp_path, device_tiles):
     zero, two = loader_items(ds, 0), loader_items(ds, 2)
     for a, b in zip(zero, two):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    x = finish_images(zero[0]["image"], cfg.data.aug, zero[0]["image_aug"])
+    x = finish_images(zero[0]["image"], cfg.data.aug, zero[0]["image_aug"], 32, crops=device_tiles)
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
 
 

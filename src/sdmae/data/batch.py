@@ -3,10 +3,13 @@
 The parameters come from `PretrainTransform` (layout `transforms.AUG_PARAMS`); every step is one batched
 operation whatever the per-sample values: crop + resize with `torchvision.ops.roi_align` (bilinear,
 averaging several samples per output pixel when a crop shrinks, like an anti-aliased resize), flips and
-90-degree rotations by index, HED stain jitter, colour jitter, then ImageNet normalisation.
+90-degree rotations selected per sample with `torch.where`, HED stain jitter, colour jitter, then ImageNet
+normalisation. Which steps run is decided from the config and the tensors' shapes, never from their values,
+and constants are built on the device once: a step on a GPU never waits for it (tests/test_no_sync.py).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -18,30 +21,34 @@ from sdmae.data.stain import hed_jitter
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
 
 
-def crop_resize_flip(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """x (B, 3, H, W) float, p (B, >= 8) -> (B, 3, S, S): box crop resized to S, then flips and rotations."""
-    size = int(p[0, 0])
+@functools.lru_cache(maxsize=64)
+def device_constant(values: tuple, device: torch.device, shape: tuple) -> torch.Tensor:
+    """A small float32 constant on `device`, copied there once per process."""
+    return torch.tensor(values, dtype=torch.float32).view(shape).to(device)
+
+
+def crop_resize_flip(x: torch.Tensor, p: torch.Tensor, size: int, aug: AugConfig) -> torch.Tensor:
+    """x (B, 3, H, W) float, p (B, >= 8) -> (B, 3, size, size): box crop resized to `size`, then flips and
+    counter-clockwise turns, each where the config allows it."""
     B, _, H, W = x.shape
-    box = p[:, 1:5]
-    full = torch.tensor([0, 0, size, size], dtype=p.dtype, device=p.device)
-    if (H, W) != (size, size) or not bool((box == full).all()):
-        rois = torch.cat([torch.arange(B, dtype=x.dtype, device=x.device)[:, None],
-                          box[:, :2], box[:, :2] + box[:, 2:4]], dim=1).to(x.dtype)
+    if aug.crop != "none" or (H, W) != (size, size):
+        box = p[:, 1:5]
+        idx = torch.arange(B, dtype=p.dtype, device=p.device)[:, None]
+        rois = torch.cat([idx, box[:, :2], box[:, :2] + box[:, 2:4]], dim=1).to(x.dtype)
         x = roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    hflip, vflip, turns = p[:, 5] > 0.5, p[:, 6] > 0.5, p[:, 7].round().long()
-    if bool(hflip.any()):
-        x = torch.where(hflip[:, None, None, None], x.flip(-1), x)
-    if bool(vflip.any()):
-        x = torch.where(vflip[:, None, None, None], x.flip(-2), x)
-    for k in (1, 2, 3):
-        idx = (turns == k).nonzero().flatten()
-        if len(idx):
-            x[idx] = torch.rot90(x[idx], k, dims=(-2, -1))
+    if aug.hflip:
+        x = torch.where(p[:, 5, None, None, None] > 0.5, x.flip(-1), x)
+    if aug.vflip:
+        x = torch.where(p[:, 6, None, None, None] > 0.5, x.flip(-2), x)
+    if aug.rot90:
+        turns = p[:, 7, None, None, None].round()
+        for k in (1, 2, 3):
+            x = torch.where(turns == k, torch.rot90(x, k, dims=(-2, -1)), x)
     return x
 
 
 def gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    w = device_constant(GRAY, x.device, (1, 3, 1, 1)).to(x.dtype)
     return (x * w).sum(1, keepdim=True)
 
 
@@ -54,48 +61,44 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return (s * x + (1 - s) * gray(x)).clamp_(0.0, 1.0)
 
 
-IDENTITY_COLOUR = (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
+def needs_augment(aug: AugConfig, crops: bool) -> bool:
+    """Whether the device has work left beyond normalising: the geometry of device-cropped tiles, or colour."""
+    return crops or aug.hed_jitter > 0 or aug.color_jitter > 0
 
 
-def needs_augment(images: torch.Tensor, p: torch.Tensor) -> bool:
-    """False when the workers did everything (image at its final size, no flip, turn or colour change left)."""
-    size = int(p[0, 0])
-    if tuple(images.shape[-2:]) != (size, size):
-        return True
-    rest = torch.tensor((0, 0, size, size, 0, 0, 0) + IDENTITY_COLOUR, dtype=p.dtype, device=p.device)
-    return bool((p[:, 1:] != rest).any())
-
-
-def augment(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) + parameters (B, 17) -> float (B, 3, S, S) in [0, 1], augmented."""
+def augment(images: torch.Tensor, params: torch.Tensor, aug: AugConfig, size: int, crops: bool) -> torch.Tensor:
+    """uint8 (B, 3, H, W) + parameters (B, 17) -> float (B, 3, size, size) in [0, 1], augmented. `crops`: the
+    tiles are whole (the device-crop path), so crop, resize, flips and turns run here too."""
     p = params.to(images.device, torch.float32)
-    x = crop_resize_flip(images.float().div_(255.0), p)
-    alpha, beta = p[:, 8:11], p[:, 11:14]
-    if bool((alpha != 1).any() or (beta != 0).any()):
-        x = hed_jitter(x, alpha, beta)
-    jitter = p[:, 14:17]
-    if bool((jitter != 1).any()):
-        x = color_jitter(x, jitter)
+    x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+    if crops:
+        x = crop_resize_flip(x, p, size, aug)
+    if aug.hed_jitter > 0:
+        x = hed_jitter(x, p[:, 8:11], p[:, 11:14])
+    if aug.color_jitter > 0:
+        x = color_jitter(x, p[:, 14:17])
     return x
 
 
-def finish_images(images: torch.Tensor, aug: AugConfig, params: Optional[torch.Tensor] = None) -> torch.Tensor:
+def finish_images(images: torch.Tensor, aug: AugConfig, params: Optional[torch.Tensor] = None,
+                  size: Optional[int] = None, crops: bool = False) -> torch.Tensor:
     """uint8 (..., 3, H, W) on the training device -> float32, ImageNet-normalised. With `params` (the
-    "<field>_aug" entry of the batch), the per-sample augmentation left for the device runs first."""
-    mean = torch.tensor(aug.mean, device=images.device).view(3, 1, 1)
-    std = torch.tensor(aug.std, device=images.device).view(3, 1, 1)
-    if params is not None:
-        params = params.to(images.device, torch.float32)
-        if needs_augment(images, params):
-            return augment(images, params).sub_(mean).div_(std)
-    return images.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (x / 255 - mean) / std in two passes
+    "<field>_aug" entry of the batch), the per-sample augmentation left for the device runs first: colour
+    always, and with `crops` the geometry of whole tiles to `size` px."""
+    mean = device_constant(tuple(aug.mean), images.device, (3, 1, 1))
+    std = device_constant(tuple(aug.std), images.device, (3, 1, 1))
+    if params is not None and needs_augment(aug, crops):
+        size = size or images.shape[-1]
+        return augment(images, params, aug, size, crops).sub_(mean).div_(std)
+    x = images.to(torch.float32, memory_format=torch.contiguous_format)
+    return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (x / 255 - mean) / std in two passes
 
 
-def move_batch(batch: dict, device: torch.device, cfg: Config) -> dict:
+def move_batch(batch: dict, device: torch.device, cfg: Config, crops: bool = False) -> dict:
     """Moves tensors to the device and normalises every uint8 image field (..., 3, H, W): "image", or a
-    multi-view method's "views" / "local"."""
+    multi-view method's "views" / "local". `crops`: the batch holds whole tiles (the device-crop path)."""
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     for k, v in out.items():
         if torch.is_tensor(v) and v.dtype == torch.uint8 and v.ndim >= 4 and v.shape[-3] == 3:
-            out[k] = finish_images(v, cfg.data.aug, out.get(f"{k}_aug"))
+            out[k] = finish_images(v, cfg.data.aug, out.get(f"{k}_aug"), cfg.model.img_size, crops)
     return out

@@ -9,6 +9,7 @@ Concentrations are not clipped, so alpha = 1, beta = 0 returns the input (to flo
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -22,16 +23,22 @@ EPS = 1e-6
 LOG_ADJUST = -math.log(EPS)
 
 
+@functools.lru_cache(maxsize=16)
+def _on(matrix: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A stain matrix on the device, copied there once per process (not once per batch)."""
+    return {"hed": HED_FROM_RGB, "rgb": RGB_FROM_HED}[matrix].to(device, dtype)
+
+
 def rgb_to_hed(x: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) RGB in [0, 1] -> HED concentrations, same shape."""
     od = -torch.log(x.clamp_min(EPS)) / LOG_ADJUST
-    m = HED_FROM_RGB.to(x.device, x.dtype)
+    m = _on("hed", x.device, x.dtype)
     return torch.einsum("...chw,cd->...dhw", od, m)
 
 
 def hed_to_rgb(c: torch.Tensor) -> torch.Tensor:
     """Inverse of `rgb_to_hed`, clipped to [0, 1]."""
-    m = RGB_FROM_HED.to(c.device, c.dtype)
+    m = _on("rgb", c.device, c.dtype)
     od = torch.einsum("...chw,cd->...dhw", c, m)
     return torch.exp(-od * LOG_ADJUST).clamp_(0.0, 1.0)
 

@@ -38,3 +38,8 @@ def loss_precision(t: torch.Tensor) -> torch.Tensor:
     """Losses are computed in float32 under autocast (fp16 / bf16 activations) and never below the model's
     own precision (float64 stays float64: the official-code oracle compares in it)."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A Python number as a 0-d tensor on `like`'s device for the log: a fill, not a host-to-device copy."""
+    return torch.full((), value, dtype=like.dtype, device=like.device)

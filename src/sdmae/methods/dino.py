@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
 from sdmae.config import Config
-from sdmae.methods.base import Method
+from sdmae.methods.base import Method, scalar
 from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.ema import cosine_momentum, ema_update, frozen_copy, update_center
 from sdmae.methods.views import MultiViewSampleFn, global_specs, local_specs
@@ -99,8 +99,7 @@ class DINO(Method):
         student = torch.cat(student).float()
         loss, probs, log_q = dino_loss(student, teacher, self.center, self.s.student_temp, self.teacher_temp)
         update_center(self.center, teacher, self.s.center_momentum)
-        out = {"loss": loss, "teacher_temp": loss.new_tensor(self.teacher_temp),
-               "momentum": loss.new_tensor(self.momentum)}
+        out = {"loss": loss, "teacher_temp": scalar(self.teacher_temp, loss), "momentum": scalar(self.momentum, loss)}
         out.update(collapse_stats(probs.detach(), log_q[: probs.shape[0]].detach(), t_feat))
         return out
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sdmae.config import Config
-from sdmae.methods.base import Method
+from sdmae.methods.base import Method, scalar
 from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.ema import cosine_momentum, ema_update, frozen_copy
 from sdmae.methods.global_bn import GlobalBatchNorm1d, world_size
@@ -103,7 +103,7 @@ class MoCoV3(Method):
         loss2, acc2 = info_nce(q2, k1, self.temp)
         loss = loss1 + loss2
         out = {"loss": loss, "contrast_acc": (acc1 + acc2).detach() / 2,
-               "momentum": loss.new_tensor(self.next_momentum)}
+               "momentum": scalar(self.next_momentum, loss)}
         out.update(collapse_stats(embeddings=f1))
         return out
 

@@ -45,7 +45,7 @@ def bench_data(cfg: Config, data: Optional[Sequence[str]], batches: int = 80, wa
     sampler = GlobalBatchSampler(len(dataset), b, 1, 0, cfg.train.seed, start=0, total=warmup + batches)
     pin = torch.cuda.is_available() if host_only else device.type == "cuda"
     loader = iter(build_loader(dataset, sampler, cfg.data.num_workers, pin=pin))
-    finish = (lambda batch: batch) if host_only else (lambda batch: move_batch(batch, device, cfg))
+    finish = (lambda batch: batch) if host_only else (lambda batch: move_batch(batch, device, cfg, arrays))
     for _ in range(warmup):
         finish(next(loader))
     if device.type == "cuda":

@@ -94,11 +94,17 @@ def agreed_max(env: Dist, value: int) -> int:
 def mean_across(env: Dist, values: dict) -> dict:
     """Per-rank scalar tensors -> their means over all ranks, as floats (one all-reduce)."""
     keys = sorted(values)
-    t = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    return dict(zip(keys, mean_rows(env, [values], keys)[0]))
+
+
+def mean_rows(env: Dist, rows: list[dict], keys: list[str]) -> list[list[float]]:
+    """Rows of per-rank scalar tensors -> their means over all ranks as floats, `keys` in order: one stack,
+    one all-reduce and one read-back for all rows."""
+    t = torch.stack([torch.stack([r[k].detach().float().reshape(()) for k in keys]) for r in rows])
     if env.world > 1:
         dist.all_reduce(t)
         t /= env.world
-    return dict(zip(keys, t.tolist()))
+    return t.tolist()
 
 
 class StopRequest:

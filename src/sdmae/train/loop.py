@@ -60,9 +60,10 @@ def train_steps(run: Run, loader, logger: RunLogger, monitor=None) -> int:
     parts: dict = {}
     micro, saved_at, signum = 0, run.step, 0
     clock = [time.perf_counter(), 0]  # start of the logging interval, images trained in it
+    rows = LogRows(run, logger)
     with D.StopRequest() as stop:
         for batch in loader:
-            batch = move_batch(batch, run.env.device, cfg)
+            batch = move_batch(batch, run.env.device, cfg, run.dataset.arrays)
             if micro % sched.accum == 0:
                 method.set_progress(run.step, sched.total, sched.steps_per_epoch)
             micro += 1
@@ -77,36 +78,72 @@ def train_steps(run: Run, loader, logger: RunLogger, monitor=None) -> int:
             run.step += 1
             clock[1] += sched.global_batch
             logger.advance()
-            _log(run, parts, lr, logger, monitor, clock)
+            _log(run, parts, lr, rows, monitor, clock)
             parts = {}
-            if run.policy.save_last(run.step):
+            save_last, kept = run.policy.save_last(run.step), run.policy.keep(run.step)
+            if save_last or kept:
+                rows.flush()  # the log never lags a checkpoint (a resumed run truncates it there)
+            if save_last:
                 run.save()
                 saved_at = run.step
-            if kept := run.policy.keep(run.step):
+            if kept:
                 run.save(kept)
             signum = D.agreed_max(run.env, stop.signum)  # every rank stops at the same step, or none does
             if signum and run.step < sched.total:
+                rows.flush()
                 if saved_at != run.step:
                     run.save()
                 break
+    rows.flush()
     return signum
 
 
-def _log(run: Run, parts: dict, lr: float, logger: RunLogger, monitor, clock: list) -> None:
-    """Every train.log_every steps, at kNN steps and at the end: the global batch's losses (read back from the
-    device only here) and the throughput since the last row."""
+class LogRows:
+    """Log rows whose losses are still on the device. On CUDA they are read back together, every FLUSH_ROWS
+    rows (one transfer and, under torchrun, one all-reduce), so a step never waits for its own log line; on
+    other devices at once. Always flushed before a checkpoint, a kNN probe and the end. A diverged loss is
+    reported when its row is read back."""
+
+    FLUSH_ROWS = 32
+
+    def __init__(self, run: Run, logger: RunLogger):
+        self.run, self.logger, self.rows = run, logger, []
+        self.every = self.FLUSH_ROWS if run.env.device.type == "cuda" else 1
+
+    def add(self, head: dict, parts: dict, tail: dict) -> None:
+        self.rows.append((head, parts, tail))
+        if len(self.rows) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        keys = sorted(self.rows[0][1])
+        means = D.mean_rows(self.run.env, [p for _, p, _ in self.rows], keys)  # the same on every rank
+        for (head, _, tail), row in zip(self.rows, means):
+            values = dict(zip(keys, row))
+            if not math.isfinite(values["loss"]):
+                self.rows = []
+                raise SdmaeError(f"loss is {values['loss']} at step {head['step']}: training diverged "
+                                 f"(try a lower optim.base_lr or optim.clip_grad)")
+            self.logger.log({**head, **values, **tail})
+        self.rows = []
+
+
+def _log(run: Run, parts: dict, lr: float, rows: LogRows, monitor, clock: list) -> None:
+    """Every train.log_every steps, at kNN steps and at the end: a row with the global batch's losses (read
+    back by `LogRows`) and the throughput since the last row."""
     step, t = run.step, run.cfg.train
     knn_due = bool(t.knn_every) and step % t.knn_every == 0
     if not (step % t.log_every == 0 or step == run.schedule.total or knn_due):
         return
-    values = D.mean_across(run.env, parts)  # the same on every rank
-    if not math.isfinite(values["loss"]):
-        raise SdmaeError(f"loss is {values['loss']} at step {step}: training diverged "
-                         f"(try a lower optim.base_lr or optim.clip_grad)")
-    knn = monitor(run.method.encoder) if monitor and knn_due else {}
+    knn = {}
+    if monitor and knn_due:
+        rows.flush()
+        knn = monitor(run.method.encoder)
     dt = time.perf_counter() - clock[0] - knn.get("knn_seconds", 0.0)
-    logger.log({"step": step, "epoch": (step - 1) // run.schedule.steps_per_epoch, "lr": lr, **values, **knn,
-                "images_per_s": clock[1] / max(dt, 1e-9)})
+    head = {"step": step, "epoch": (step - 1) // run.schedule.steps_per_epoch, "lr": lr}
+    rows.add(head, parts, {**knn, "images_per_s": clock[1] / max(dt, 1e-9)})
     clock[:] = [time.perf_counter(), 0]
 
 
