@@ -9,20 +9,22 @@
 #   --json F    also write every bench row (one JSON object per line) to F
 #   --batch N   per-GPU batch for every row (default 256; 4 with --smoke)
 #   --steps N   timed steps per row (default 10; 1 with --smoke)
+#   --quick     bf16 only, compile off: the 4 rows of the first GPU run (benchmarks/gpu_first_run.sh)
 # Environment: PYTHON (default: python), SDMAE_GPU_CHECK_SETS (extra --set items for every bench row).
 # The rows run in one process (`sdmae.train.bench.bench_train`, what `sdmae bench train` runs), so CUDA starts once
 # and MAE and SD-MAE share their compiled blocks; each row prints the equivalent `sdmae bench train` command.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-smoke=0 json="" batch="" steps=""
+smoke=0 quick=0 json="" batch="" steps=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
+    --quick) quick=1 ;;
     --json) json=${2:?--json needs a file}; shift ;;
     --batch) batch=${2:?--batch needs a number}; shift ;;
     --steps) steps=${2:?--steps needs a number}; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -40,7 +42,11 @@ else
     exit 2
   fi
   grid="device=cuda warmup=3 batch=${batch:-256} steps=${steps:-10} models=vit_small_patch16:224,vit_small_patch8:96"
-  grid="$grid precisions=fp32,bf16 compiles=false,true sets="
+  if [ "$quick" = 1 ]; then
+    grid="$grid precisions=bf16 compiles=false sets="
+  else
+    grid="$grid precisions=fp32,bf16 compiles=false,true sets="
+  fi
   gpu_tests=tests
 fi
 extra=$(echo "${SDMAE_GPU_CHECK_SETS:-}" | tr ' ' ',')

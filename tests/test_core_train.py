@@ -244,3 +244,23 @@ def test_a_second_run_on_one_out_exits_2_and_a_killed_holder_leaves_no_lock(tmp_
         holder.wait()
     pretrain(load_config(overrides=sets), [data], str(out))
     assert (out / "checkpoints" / "last.pt").exists() and not stale.exists()
+
+
+def test_cuda_rng_restores_on_any_number_of_visible_gpus(monkeypatch):
+    """Saved on a 4-GPU node, resumed where one GPU is visible (or the reverse): only the current device's
+    generator is saved and restored (CUDA calls faked: no GPU here)."""
+    from sdmae import checkpoint as C
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a: torch.full((8,), 7, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, *a: restored.append(s))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: (_ for _ in ()).throw(IndexError("4 > 1")))
+    state = C.rng_state()
+    assert torch.equal(state["cuda"], torch.full((8,), 7, dtype=torch.uint8))
+    C.set_rng_state(state)
+    four = [torch.full((8,), k, dtype=torch.uint8) for k in range(4)]  # an older checkpoint: one per GPU
+    C.set_rng_state({"torch": state["torch"], "cuda": four})
+    assert [int(s[0]) for s in restored] == [7, 0]

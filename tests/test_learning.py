@@ -1,13 +1,13 @@
 """Pre-training must learn, not only run: the test that catches "loss goes down, features are random".
 
-Synthetic 32 px tiles whose class is a *layout*: bands of two random colours, 8 or 16 px wide and aligned to
-the 8 px patches, run horizontally (class 0) or vertically (class 1). No patch holds an edge, so every patch is
-one flat colour and freshly drawn weights read the class at chance (mean-pooled random features see each
-patch's colour, and the two colours' average is the same for both layouts), while reconstructing a masked
-patch needs the layout. A short MAE run must bring the reconstruction (`loss_rec_rel`) well below 1 and a
-kNN probe on held-out tiles clearly above the untrained encoder; a short SD-MAE run must bring its
-distillation loss down. Measured failing when the optimiser step is skipped, when the encoder's output is
-detached from the loss, and when the distillation term's sign is flipped (docs/results.md, "Learning test").
+Synthetic 32 px tiles of 4 px stripes in two random colours, horizontal (class 0) or vertical (class 1), at a
+random phase. Freshly drawn weights already read the orientation fairly well (kNN about 0.88 to 0.91:
+every 8 px patch holds an edge); a short MAE run with per-patch normalised targets (`joint`), which take the
+colours out of the target and leave the stripes, must bring the reconstruction (`loss_rec_rel`) well below 1
+and raise a kNN probe on held-out tiles above the untrained encoder (+4 to +7 points over 400 steps in four
+seeds; a run whose encoder does not change, because the optimiser step is skipped or the encoder's output is
+detached from the loss, gives exactly +0). A short SD-MAE run must bring its distillation loss down.
+Measured failing on the three sabotaged variants in docs/results.md ("Learning test").
 """
 from __future__ import annotations
 
@@ -30,16 +30,15 @@ SIZE = 32
 STEPS = 400
 
 
-def bands(root: Path, n: int, seed: int) -> Path:
-    """n tiles in a class tree: 0 = horizontal bands, 1 = vertical ones; two random colours per tile."""
+def stripes(root: Path, n: int, seed: int) -> Path:
+    """n tiles in a class tree: 0 = horizontal stripes, 1 = vertical ones; 4 px wide, two random colours."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     for c in (0, 1):
         (root / str(c)).mkdir(parents=True)
     for i in range(n):
         c = i % 2
-        width, offset = 8 * rng.integers(1, 3), 8 * rng.integers(0, 2)
-        band = (((yy if c == 0 else xx) + offset) // width) % 2
+        band = (((yy if c == 0 else xx) + rng.integers(0, 8)) // 4) % 2
         a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
         img = np.where(band[..., None] == 1, a, b) + rng.normal(0, 6, (SIZE, SIZE, 3))
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / str(c) / f"t{i:04d}.png")
@@ -48,13 +47,14 @@ def bands(root: Path, n: int, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("bands")
-    return bands(root / "train", 256, 0), bands(root / "val", 256, 1)
+    root = tmp_path_factory.mktemp("stripes")
+    return stripes(root / "train", 256, 0), stripes(root / "val", 256, 1)
 
 
 def overrides(method: str, steps: int, train: Path, val: Path) -> list[str]:
-    """ViT-tiny/8 at 32 px, the demo's raw-pixel targets and lr; no rotations (they would swap the classes)."""
-    return [f"method.name={method}", "model.name=vit_tiny_patch8", "model.img_size=32", "method.target_norm=none",
+    """ViT-tiny/8 at 32 px, MAE's per-patch normalised targets, the demo's lr; no rotations (they would swap the
+    classes)."""
+    return [f"method.name={method}", "model.name=vit_tiny_patch8", "model.img_size=32", "method.target_norm=joint",
             "method.p=0.03", "model.head_hidden_dim=256", "model.head_bottleneck_dim=64", "model.head_out_dim=256",
             "model.decoder_depth=2", "data.batch_size=32", "data.num_workers=0", "data.aug.crop=none",
             "data.aug.rot90=false", "optim.base_lr=2e-2", "optim.betas=[0.9,0.95]", "optim.warmup_epochs=1",
@@ -68,7 +68,7 @@ def run(sets: list[str], data: Path, out: Path) -> list[dict]:
     return [json.loads(line) for line in open(out / "log.jsonl")]
 
 
-def test_mae_learns_the_layout_that_random_weights_cannot_read(tiles, tmp_path):
+def test_mae_features_learn_the_stripes_orientation(tiles, tmp_path):
     train, val = tiles
     cfg = load_config(overrides=overrides("mae", STEPS, train, val))
     torch.manual_seed(cfg.train.seed)  # the run's own initial weights
@@ -79,7 +79,7 @@ def test_mae_learns_the_layout_that_random_weights_cannot_read(tiles, tmp_path):
     after = rows[-1]["knn_balanced_accuracy"]
     print(f"MAE {STEPS} steps: loss_rec_rel last fifth {rel:.3f}, kNN balanced accuracy {before:.3f} -> {after:.3f}")
     assert rel < 0.75, f"reconstruction did not learn: loss_rec_rel {rel:.3f} over the last fifth"
-    assert after >= before + 0.04, f"kNN did not improve: {before:.3f} untrained -> {after:.3f} after {STEPS} steps"
+    assert after >= before + 0.025, f"kNN did not improve: {before:.3f} untrained -> {after:.3f} after {STEPS} steps"
 
 
 def test_sdmae_distillation_loss_falls(tiles, tmp_path):
@@ -87,4 +87,4 @@ def test_sdmae_distillation_loss_falls(tiles, tmp_path):
     rows = run(overrides("sdmae", 100, train, val), train, tmp_path / "sdmae")
     first, last = rows[0]["loss_sd"], rows[-1]["loss_sd"]
     print(f"SD-MAE 100 steps: loss_sd {first:.4f} -> {last:.4f}")
-    assert last < 0.5 * first, f"loss_sd {first:.4f} -> {last:.4f}: the distillation term does not pull together"
+    assert 0 <= last < 0.5 * first, f"loss_sd {first:.4f} -> {last:.4f}: the distillation term does not pull together"

@@ -169,3 +169,16 @@ def test_gpu_check_script_runs_in_smoke_mode_on_the_cpu():
     table = [line for line in r.stdout.splitlines() if line.startswith("|")]
     assert len(table) >= 2 + 2  # header, rule, one row per method
     assert "sdmae" in r.stdout and "mae" in r.stdout
+
+
+@pytest.mark.slow
+def test_gpu_first_run_script_runs_in_smoke_mode_on_the_cpu(tmp_path, pcam_train):
+    """benchmarks/gpu_first_run.sh --smoke: tests, bench grid, host-side feed and the PCam probe at toy sizes."""
+    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_first_run.sh"), "--smoke", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, cwd=REPO,
+                       env={**os.environ, "PYTHON": sys.executable, "DATA": str(pcam_train.parent),
+                            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "0 part(s) failed" in r.stdout and "| SD-MAE |" in r.stdout
+    feed = [json.loads(line) for line in open(tmp_path / "out" / "feed.jsonl")]
+    assert feed and all("host_only" in f for f in feed)

@@ -74,3 +74,37 @@ def test_inductor_compiled_blocks_step_like_eager_ones():
     _, m, b = setup()
     compiled = compile_blocks(copy.deepcopy(m))
     torch.testing.assert_close(run_steps(compiled, b, "fp32"), run_steps(m, b, "fp32"), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method,crops", [("mae", True), ("sdmae", True), ("sdmae", False), ("dino", False),
+                                          ("mocov3", False)])
+def test_steps_never_synchronise_with_the_host(method, crops):
+    """tests/test_no_sync.py's check, on the GPU itself: CUDA raises on any synchronising call in the steps
+    (the batch moves in pinned and the first step builds the constants, outside the checked part)."""
+    extra = {"dino": ["method.views.local_crops=2"], "sdmae": ["method.p=0.2"]}.get(method, [])
+    cfg = load_config(None, [*SETS, f"method.name={method}", "data.aug.hed_jitter=0.05", "data.aug.color_jitter=0.2",
+                             "train.precision=bf16", *extra])
+    torch.manual_seed(0)
+    m = build_method(cfg).to(CUDA)
+    fn = m.sample_fn()
+    from torch.utils.data import default_collate
+
+    from sdmae.data.transforms import DeviceTile, sample_generator
+
+    g = torch.Generator().manual_seed(1)
+    tiles = [torch.randint(0, 256, (80, 80, 3), dtype=torch.uint8, generator=g).numpy() for _ in range(8)]
+    batch = default_collate([fn(t.view(DeviceTile) if crops else t[:64, :64].copy(), sample_generator(0, 0, i))
+                             for i, t in enumerate(tiles)])
+    batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
+    opt = build_optimizer(m, 1e-4, 0.05, (0.9, 0.999), CUDA)
+    step = Stepper(m, opt, torch.amp.GradScaler("cuda", enabled=False), "bf16", CUDA, clip_grad=1.0)
+    for i in range(3):
+        if i == 1:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            m.set_progress(i, 10, 5)
+            step.forward_backward(move_batch(batch, CUDA, cfg, crops))
+            step.optimizer_step(1e-4, i, 10, 5)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

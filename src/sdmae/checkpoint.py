@@ -41,16 +41,26 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def rng_state() -> dict:
+    """The CPU generator and, when CUDA is in use, the current device's (each process trains on one GPU: the
+    other visible GPUs' generators are unused, and a resume may see fewer or more of them)."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restores `rng_state()` on any number of visible GPUs (older checkpoints hold one state per visible
+    GPU: the current device's, or the first, is used)."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, (list, tuple)):
+        if not cuda:
+            return
+        cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+    torch.cuda.set_rng_state(cuda)
 
 
 def load_weights(module: torch.nn.Module, state: dict, source, what: str) -> None:

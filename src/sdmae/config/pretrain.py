@@ -134,6 +134,7 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    tf32: bool = True  # fp32 matmuls and convolutions on CUDA in TF32 (10-bit mantissa inputs, fp32 sums)
     device: str = "auto"  # auto | cpu | cuda
     dist_timeout: float = 600.0  # seconds a collective may wait for another rank before the run ends (torchrun)
     compile: bool = False
