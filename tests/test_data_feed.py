@@ -98,3 +98,12 @@ def test_bench_data_host_only_reports_the_feed(tmp_path, host_only):
     out = bench_data(cfg, [str(tmp_path / "s.pack")], batches=3, host_only=host_only)
     assert out["images"] == 12 and out["shape"] == [4, 3, 32 if not host_only else 40, 32 if not host_only else 40]
     assert ("host_only" in out) == host_only and out["crop_on"] == ("device" if host_only else "workers")
+
+
+def test_multi_view_methods_get_the_tile_itself_in_whole_batch_reads():
+    ds = dataset(Synthetic(), "dino")
+    keys = [(1, i) for i in (3, 0, 9)]
+    got, want = ds.__getitems__(keys), per_sample(ds, keys)
+    assert got["tile"].shape == (3, 40, 40, 3) and "views" not in got
+    for k in ("tile", "views_aug", "local_aug", "index"):
+        assert torch.equal(got[k], want[k]), k

@@ -96,12 +96,12 @@ class PretrainDataset(Dataset):
             item = self.sample_fn(tiles[k].view(DeviceTile), sample_generator(self.seed, epoch, index))
             item["index"] = index
             items.append(item)
-        image = buf.permute(0, 3, 1, 2)
-        if not all(it.get("image") is not None and it["image"].data_ptr() == image[k].data_ptr()
-                   for k, it in enumerate(items)):
-            return Batch(default_collate(items))  # the sample function made its own images (multi-view)
-        rest = default_collate([{k: v for k, v in it.items() if k != "image"} for it in items])
-        return Batch(rest, image=image)
+        # the field that is the tile itself: "image" (3, H, W) for masked methods, "tile" (H, W, 3) for views
+        for key, whole in (("image", buf.permute(0, 3, 1, 2)), ("tile", buf)):
+            if all(it.get(key) is not None and it[key].data_ptr() == whole[k].data_ptr() for k, it in enumerate(items)):
+                rest = default_collate([{k: v for k, v in it.items() if k != key} for it in items])
+                return Batch(rest, **{key: whole})
+        return Batch(default_collate(items))
 
     def _tile_buffer(self, n: int) -> torch.Tensor:
         """A uint8 (n, H, W, 3) buffer for one batch. In a worker: shared memory, each worker cycling through

@@ -57,6 +57,11 @@ def hed_factors(u: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tens
 def hed_jitter_pil(img: Image.Image, sigma: float, gen: torch.Generator) -> Image.Image:
     """The same jitter on one PIL tile, its six factors drawn from the sample's generator."""
     alpha, beta = hed_factors(torch.rand(6, generator=gen, dtype=torch.float64), sigma)
+    return hed_apply_pil(img, alpha, beta)
+
+
+def hed_apply_pil(img: Image.Image, alpha: torch.Tensor, beta: torch.Tensor) -> Image.Image:
+    """`hed_jitter` with given factors (3,) on one PIL tile."""
     x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0).permute(2, 0, 1)
     y = hed_jitter(x[None], alpha[None], beta[None])[0]
     return Image.fromarray((y.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8))

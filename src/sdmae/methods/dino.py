@@ -19,6 +19,7 @@ from timm.layers import resample_abs_pos_embed
 
 from sdmae.config import Config
 from sdmae.methods.base import Method, scalar
+from sdmae.methods.device_views import batch_views
 from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.ema import cosine_momentum, ema_update, frozen_copy, update_center
 from sdmae.methods.views import MultiViewSampleFn, global_specs, local_specs
@@ -71,8 +72,10 @@ class DINO(Method):
         self.set_progress(0, 1, 1)
 
     def sample_fn(self) -> MultiViewSampleFn:
-        patch = self.encoder.patch_size
-        return MultiViewSampleFn(self.cfg, global_specs(self.cfg, GLOBAL_SCALE), local_specs(self.cfg, patch))
+        return MultiViewSampleFn(self.cfg, *self.specs())
+
+    def specs(self) -> tuple[list, list]:
+        return global_specs(self.cfg, GLOBAL_SCALE), local_specs(self.cfg, self.encoder.patch_size)
 
     def _steps(self, epochs: float, total: int) -> int:
         """Epochs of the recipe as optimiser steps, scaled like the loop's warm-up (a share of train.epochs)."""
@@ -87,6 +90,7 @@ class DINO(Method):
         self.momentum = cosine_momentum(step, total, self.base_momentum)
 
     def forward(self, batch: dict) -> dict:
+        batch = batch_views(batch, self.cfg, *self.specs())  # device-crop path: views made here
         views = batch["views"]  # (B, 2, 3, S, S)
         globals_ = views.transpose(0, 1).flatten(0, 1)  # (2B, 3, S, S), view-major like DINO
         with torch.no_grad():

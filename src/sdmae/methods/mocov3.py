@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from sdmae.config import Config
 from sdmae.methods.base import Method, scalar
+from sdmae.methods.device_views import batch_views
 from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.ema import cosine_momentum, ema_update, frozen_copy
 from sdmae.methods.global_bn import GlobalBatchNorm1d, world_size
@@ -84,7 +85,10 @@ class MoCoV3(Method):
         self.next_momentum = self.base_momentum
 
     def sample_fn(self) -> MultiViewSampleFn:
-        return MultiViewSampleFn(self.cfg, global_specs(self.cfg, CROP_SCALE), [])
+        return MultiViewSampleFn(self.cfg, *self.specs())
+
+    def specs(self) -> tuple[list, list]:
+        return global_specs(self.cfg, CROP_SCALE), []
 
     @staticmethod
     def features(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -92,6 +96,7 @@ class MoCoV3(Method):
         return encoder.forward_head(encoder.forward_features(images), pre_logits=True)
 
     def forward(self, batch: dict) -> dict:
+        batch = batch_views(batch, self.cfg, *self.specs())  # device-crop path: views made here
         x1, x2 = batch["views"][:, 0], batch["views"][:, 1]
         f1 = self.features(self.encoder, x1)
         q1 = self.predictor(self.projector(f1))

@@ -4,7 +4,9 @@ Each view is the BYOL set as MoCo v3 and DINO use it: random resized crop (bicub
 colour jitter (brightness, contrast, saturation, hue in a random order) with probability 0.8, grayscale
 0.2, Gaussian blur, solarisation; plus the pathology options shared with MAE / SD-MAE through
 `data.aug` (vertical flip, 90-degree rotations, HED stain jitter). Views leave the worker as uint8
-(views, 3, H, W); the loop normalises them on the device like any other image field.
+(views, 3, H, W); the loop normalises them on the device like any other image field. On the device-crop
+path (fixed-size tiles; the default on CUDA) the worker only draws the views' parameters and the views are
+built on the device from the tile (`methods.device_views`).
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
 
 from sdmae.config import Config
-from sdmae.data.stain import hed_jitter_pil
-from sdmae.data.transforms import resized_crop_box, to_uint8_chw
+from sdmae.data.stain import hed_apply_pil, hed_factors
+from sdmae.data.transforms import DeviceTile, resized_crop_box, to_uint8_chw
 
 ROTATIONS = (Image.ROTATE_90, Image.ROTATE_180, Image.ROTATE_270)
 
@@ -32,47 +34,69 @@ class ViewSpec:
     solarize_p: float
 
 
+# per-view parameters of the device path, "<field>_aug" (B, views, len(VIEW_PARAMS)) float32
+VIEW_PARAMS = ("left", "top", "width", "height", "hflip", "vflip", "turns", "brightness", "contrast",
+               "saturation", "hue", "order0", "order1", "order2", "order3", "grayscale", "blur_sigma", "solarize",
+               "h_alpha", "e_alpha", "d_alpha", "h_beta", "e_beta", "d_beta")
+
+
 class ViewAugment:
-    """One augmented view of a PIL tile -> uint8 (3, size, size)."""
+    """One augmented view: `draw` takes all its random numbers from the sample's generator (always the same
+    count, so switching a step off does not shift the others); `__call__` applies them to a PIL tile ->
+    uint8 (3, size, size); the device path applies the same numbers batched (`methods.device_views`)."""
 
     def __init__(self, spec: ViewSpec, cfg: Config):
         self.spec, self.v, self.aug = spec, cfg.method.views, cfg.data.aug
 
-    def __call__(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
+    def draw(self, W: int, H: int, gen: torch.Generator) -> list:
+        """The view's parameters, laid out as VIEW_PARAMS."""
         s, v, aug = self.spec, self.v, self.aug
-        W, H = img.size
-        left, top, w, h = resized_crop_box(W, H, s.scale, (3 / 4, 4 / 3), gen)
-        img = img.resize((s.size, s.size), Image.BICUBIC, box=(left, top, left + w, top + h))
-        # a fixed number of draws per view, so switching a step off does not shift the others' randomness
-        # (HED jitter, when on, draws its own six numbers after these)
+        box = resized_crop_box(W, H, s.scale, (3 / 4, 4 / 3), gen)
         u = torch.rand(11, generator=gen).tolist()
         order = torch.randperm(4, generator=gen).tolist()
         turns = int(torch.randint(0, 4, (1,), generator=gen))
-        if aug.hflip and u[0] < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        if aug.vflip and u[1] < 0.5:
-            img = img.transpose(Image.FLIP_TOP_BOTTOM)
-        if aug.rot90 and turns:
-            img = img.transpose(ROTATIONS[turns - 1])
-        if aug.hed_jitter > 0:
-            img = hed_jitter_pil(img, aug.hed_jitter, gen)
+        alpha, beta = [1.0] * 3, [0.0] * 3
+        if aug.hed_jitter > 0:  # its own six numbers, after the others
+            a, b = hed_factors(torch.rand(6, generator=gen, dtype=torch.float64), aug.hed_jitter)
+            alpha, beta = a.tolist(), b.tolist()
+        jitter = [1.0, 1.0, 1.0, 0.0]
         if u[2] < v.jitter_p:
-            img = color_jitter(img, v.jitter, order, u[3:7])
-        if u[7] < v.grayscale_p:
+            bs, cs, ss, hs = v.jitter
+            jitter = [1 - bs + 2 * bs * u[3], 1 - cs + 2 * cs * u[4], 1 - ss + 2 * ss * u[5], -hs + 2 * hs * u[6]]
+        lo, hi = v.blur_sigma
+        sigma = (lo + (hi - lo) * u[9]) * s.size / 224 if u[8] < s.blur_p else 0.0  # recipes' sigma: 224 px
+        return [*box, float(aug.hflip and u[0] < 0.5), float(aug.vflip and u[1] < 0.5),
+                float(turns if aug.rot90 else 0), *jitter, *order, float(u[7] < v.grayscale_p), sigma,
+                float(u[10] < s.solarize_p), *alpha, *beta]
+
+    def __call__(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
+        return to_uint8_chw(self.apply(img, self.draw(*img.size, gen)))
+
+    def apply(self, img: Image.Image, p: list) -> Image.Image:
+        size = self.spec.size
+        left, top, w, h = p[0:4]
+        img = img.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h))
+        if p[4]:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if p[5]:
+            img = img.transpose(Image.FLIP_TOP_BOTTOM)
+        if p[6]:
+            img = img.transpose(ROTATIONS[int(p[6]) - 1])
+        if self.aug.hed_jitter > 0:
+            img = hed_apply_pil(img, torch.tensor(p[18:21], dtype=torch.float64),
+                                torch.tensor(p[21:24], dtype=torch.float64))
+        img = color_jitter(img, p[7:11], [int(k) for k in p[11:15]])
+        if p[15]:
             img = img.convert("L").convert("RGB")
-        if u[8] < s.blur_p:
-            lo, hi = v.blur_sigma
-            sigma = (lo + (hi - lo) * u[9]) * s.size / 224  # the recipes' sigma is for 224 px crops
-            img = img.filter(ImageFilter.GaussianBlur(radius=sigma))
-        if u[10] < s.solarize_p:
+        if p[16]:
+            img = img.filter(ImageFilter.GaussianBlur(radius=p[16]))
+        if p[17]:
             img = ImageOps.solarize(img, threshold=128)
-        return to_uint8_chw(img)
+        return img
 
 
-def color_jitter(img: Image.Image, strength, order, u) -> Image.Image:
-    """torchvision's ColorJitter with its factors taken from `u` (4 uniforms) and its order from `order`."""
-    b, c, s, h = strength
-    factors = [1 - b + 2 * b * u[0], 1 - c + 2 * c * u[1], 1 - s + 2 * s * u[2], -h + 2 * h * u[3]]
+def color_jitter(img: Image.Image, factors, order) -> Image.Image:
+    """torchvision's ColorJitter with given factors (brightness, contrast, saturation, hue) in `order`."""
     ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
     for i in order:
         if (i < 3 and factors[i] != 1) or (i == 3 and factors[i] != 0):
@@ -81,14 +105,23 @@ def color_jitter(img: Image.Image, strength, order, u) -> Image.Image:
 
 
 class MultiViewSampleFn:
-    """Per-sample work in the data workers: {"views": (G, 3, S, S)} and, with local crops, {"local": (L, 3, s, s)}."""
+    """Per-sample work in the data workers: {"views": (G, 3, S, S)} and, with local crops, {"local": (L, 3, s, s)}.
+    A fixed-size tile on the device-crop path (`DeviceTile`) leaves as it is, {"tile": (H, W, 3)}, with the
+    views' parameters {"views_aug": (G, P), "local_aug": (L, P)}: the method builds the views on the device."""
 
     def __init__(self, cfg: Config, global_specs: list[ViewSpec], local_specs: list[ViewSpec]):
         self.global_views = [ViewAugment(s, cfg) for s in global_specs]
         self.local_views = [ViewAugment(s, cfg) for s in local_specs]
 
     def __call__(self, img, gen: torch.Generator) -> dict:
-        if not isinstance(img, Image.Image):  # fixed-size tiles arrive as uint8 arrays (H, W, 3)
+        if isinstance(img, DeviceTile):
+            H, W = img.shape[:2]
+            out = {"tile": torch.from_numpy(np.asarray(img)),
+                   "views_aug": torch.tensor([view.draw(W, H, gen) for view in self.global_views])}
+            if self.local_views:
+                out["local_aug"] = torch.tensor([view.draw(W, H, gen) for view in self.local_views])
+            return out
+        if not isinstance(img, Image.Image):  # fixed-size tiles on the workers' path arrive as uint8 arrays
             img = Image.fromarray(np.asarray(img))
         img = img.convert("RGB")
         out = {"views": torch.stack([view(img, gen) for view in self.global_views])}

@@ -61,7 +61,7 @@ def bench_data(cfg: Config, data: Optional[Sequence[str]], batches: int = 80, wa
     out = {"images_per_s": round(n / dt, 1), "images": n, "seconds": round(dt, 3), "batch_size": b,
            "num_workers": cfg.data.num_workers, "img_size": cfg.model.img_size, "tiles": len(source),
            "source": type(source).__name__, "crop_on": "device" if arrays else "workers",
-           "device": "host" if host_only else str(device), "shape": list(x["image"].shape), "warmup_batches": warmup}
+           "device": "host" if host_only else str(device), "shape": list(next(x[k] for k in ("image", "views", "tile") if k in x).shape), "warmup_batches": warmup}
     if host_only:
         out["host_only"] = ("batches as the training process receives them from the workers (uint8 tiles, masks, "
                             f"crop parameters{', pinned' if pin else ''}), no device-side work")
