@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 import warnings
@@ -94,14 +93,6 @@ def rate(step, steps: int, batch: int) -> float:
     return batch * steps / (time.perf_counter() - t)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vit_small_patch16")
@@ -123,7 +114,9 @@ def main() -> None:
     ratios = [o / t for o, t in rows]
     import lightly
 
-    out = {"cpu": cpu_model(), "threads": a.threads, "torch": torch.__version__, "lightly": lightly.__version__,
+    from sdmae.train.bench import device_name
+
+    out = {"cpu": device_name(torch.device("cpu")), "threads": a.threads, "torch": torch.__version__, "lightly": lightly.__version__,
            "model": a.model, "img_size": a.size, "batch": a.batch, "rounds": a.rounds, "steps": a.steps,
            "sdmae_images_per_s": statistics.median(o for o, _ in rows),
            "lightly_images_per_s": statistics.median(t for _, t in rows),
