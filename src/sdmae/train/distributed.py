@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from sdmae.heap import keep_freed_memory
 from sdmae.errors import UsageError, user_error
 
 TIMEOUT_ENV = "SDMAE_DIST_TIMEOUT"  # seconds a collective may wait before the run fails (default 600)
@@ -39,6 +40,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise UsageError("train.device=cuda but no CUDA device is available")
         return torch.device("cuda", local_rank)
+    keep_freed_memory()  # steps on the CPU reuse warm memory instead of page-faulting it in (sdmae.heap)
     return torch.device("cpu")
 
 
