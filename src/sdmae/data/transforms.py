@@ -24,11 +24,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sdmae.config import AugConfig
-from sdmae.data.stain import hed_jitter_pil
 
-# hed_jitter_pil is re-exported for the multi-view methods' per-view augmentation
 __all__ = ["AUG_PARAMS", "DeviceTile", "PretrainTransform", "crop_flip_rotate", "crop_settings",
-           "hed_jitter_pil", "resized_crop_box", "sample_generator", "to_uint8_chw"]
+           "resized_crop_box", "sample_generator", "to_uint8_chw"]
 
 # per-sample parameters handed to the device with the image, as "<field>_aug" (B, len(AUG_PARAMS)) float32
 AUG_PARAMS = ("size", "left", "top", "width", "height", "hflip", "vflip", "turns",
