@@ -200,22 +200,24 @@ class SlideSource(Source):
             raise UnreadableSlide(path, f"{type(e).__name__}: {e}") from e
         if not self.tiles:
             raise UsageError(f"no tissue tiles of {size} px found in slide {path}")
-        self.blocked = self._fits(handle, cache_mb << 20)
+        lvl = self.tiles[0].level
+        self._ds = float(handle.level_downsamples[lvl])
+        self._level_size = handle.level_dimensions[lvl]
+        self.blocked = self._fits(cache_mb << 20)
         if self.blocked:
             BLOCKS.capacity = max(BLOCKS.capacity, cache_mb << 20)
         self._slide = None
         self._pid = None
 
-    def _fits(self, handle, capacity: int) -> bool:
+    def _fits(self, capacity: int) -> bool:
         """Whether the blocks under the tissue tiles fit the cache (blocks need whole level pixels: integer
         downsamples only)."""
-        lvl = self.tiles[0].level
-        self._ds = float(handle.level_downsamples[lvl])
-        self._level_size = handle.level_dimensions[lvl]
         if capacity <= 0 or not self._ds.is_integer():
             return False
-        keys = {(bx, by) for t in self.tiles for _, _, cols, rows in [block_span(t, self._ds)]
-                for bx in cols for by in rows}
+        keys = set()
+        for t in self.tiles:
+            _, _, cols, rows = block_span(t, self._ds)
+            keys.update((bx, by) for bx in cols for by in rows)
         return len(keys) * BLOCK * BLOCK * 3 <= capacity
 
     def __len__(self) -> int:
