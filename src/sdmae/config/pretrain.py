@@ -67,7 +67,8 @@ class MethodConfig:
     center_momentum: float = 0.9
     center_on: str = "probs"  # "probs" (official code) or "logits" (DINO)
     teacher_stop_grad: bool = False  # official code: gradients flow through the teacher branch too
-    target_norm: str = "per_channel"  # "per_channel" (official code), "joint" (MAE) or "none"
+    target_norm: str = "per_channel"  # "per_channel" (official code), "joint" (MAE) or "none"; pixel targets only
+    target: str = "pixels"  # what masked patches are reconstructed as: "pixels" (paper) or "hog" (MaskFeat)
     head_shortcut: bool = True  # mean over tokens before the heads' linear last layer (exact)
     # MoCo v3 and DINO (docs/methods.md)
     momentum: Optional[float] = None  # momentum encoder / EMA teacher, cosine to 1; None: 0.99 MoCo v3, 0.996 DINO
@@ -200,6 +201,7 @@ def validate(cfg: Config) -> None:
         "method.name": ("sdmae", "mae", "mocov3", "dino"),
         "method.center_on": ("probs", "logits"),
         "method.target_norm": ("per_channel", "joint", "none"),
+        "method.target": ("pixels", "hog"),
         "data.aug.crop": ("official", "mae", "none"),
         "data.aug.crop_on": ("auto", "device", "workers"),
         "train.precision": ("auto", "fp32", "bf16", "fp16"),

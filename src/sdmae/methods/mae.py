@@ -8,6 +8,7 @@ from sdmae.config import Config
 from sdmae.data.transforms import PretrainTransform
 from sdmae.errors import UsageError
 from sdmae.methods.base import Method, loss_precision
+from sdmae.methods.hog import hog_dim, hog_patches
 from sdmae.methods.masking import MaskSampler, normalize_targets, patchify, split_ids
 from sdmae.models import MaskedDecoder, build_encoder
 
@@ -43,9 +44,11 @@ class MAE(Method):
         m = cfg.model
         self.cfg = cfg
         self.encoder = build_encoder(m.name, m.img_size, m.pos_embed, m.drop_path, m.init)
-        grid = m.img_size // self.encoder.patch_size
-        self.decoder = MaskedDecoder(self.encoder.embed_dim, grid, self.encoder.patch_size, m.decoder_dim,
-                                     m.decoder_depth, m.decoder_heads, m.pos_embed, init=m.init)
+        grid, p = m.img_size // self.encoder.patch_size, self.encoder.patch_size
+        self.target = cfg.method.target
+        self.can_reconstruct = self.target == "pixels"  # a HOG decoder predicts no pixels to picture
+        self.decoder = MaskedDecoder(self.encoder.embed_dim, grid, p, m.decoder_dim, m.decoder_depth, m.decoder_heads,
+                                     m.pos_embed, init=m.init, out_dim=hog_dim(p) if self.target == "hog" else None)
         self.target_norm = cfg.method.target_norm
         self.num_mask = num_masked(cfg, self.encoder.num_patches)  # what sample_fn's masks hide, per image
         aug = cfg.data.aug  # the input normalisation, undone for the targets (not saved: it is in the config)
@@ -66,7 +69,10 @@ class MAE(Method):
         return (patches - self.pixel_mean.flatten().repeat(p2)) / self.pixel_std.flatten().repeat(p2)
 
     def targets(self, images: torch.Tensor, ids_mask: torch.Tensor) -> torch.Tensor:
-        """Normalised pixel targets of the masked patches: (B, M, p*p*3)."""
+        """Targets of the masked patches: normalised pixels (B, M, p*p*3) or HOG vectors (B, M, hog_dim)."""
+        if self.target == "hog":
+            patches = hog_patches(images * self.pixel_std + self.pixel_mean, self.encoder.patch_size)
+            return torch.gather(patches, 1, ids_mask[..., None].expand(-1, -1, patches.shape[-1]))
         patches = self.pixel_patches(images)
         masked = torch.gather(patches, 1, ids_mask[..., None].expand(-1, -1, patches.shape[-1]))
         return normalize_targets(masked, self.target_norm)

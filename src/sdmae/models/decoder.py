@@ -16,7 +16,8 @@ class MaskedDecoder(nn.Module):
     linear pixel head applied at masked positions only."""
 
     def __init__(self, enc_dim: int, grid: int, patch_size: int, dim: int = 192, depth: int = 4,
-                 heads: int = 3, pos_embed: str = "1d", in_chans: int = 3, init: str = "official"):
+                 heads: int = 3, pos_embed: str = "1d", in_chans: int = 3, init: str = "official",
+                 out_dim: int | None = None):
         super().__init__()
         self.embed = nn.Linear(enc_dim, dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -25,7 +26,7 @@ class MaskedDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm)
                                     for _ in range(depth))
         self.norm = norm(dim)
-        self.pred = nn.Linear(dim, patch_size * patch_size * in_chans)
+        self.pred = nn.Linear(dim, out_dim or patch_size * patch_size * in_chans)  # out_dim: a non-pixel target
         self.init_weights(init)
         qv_bias_only(self.blocks)
 

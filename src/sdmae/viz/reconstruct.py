@@ -95,7 +95,9 @@ def load_method(ckpt_path: str):
     cfg = load_config(base=ckpt.get("config", {}))
     method = build_method(cfg)
     if not method.can_reconstruct:
-        raise UsageError(f"{path} was trained with method '{cfg.method.name}', which has no pixel decoder")
+        what = (f"method '{cfg.method.name}', which has no pixel decoder" if cfg.method.target == "pixels" else
+                f"method.target={cfg.method.target}: its decoder predicts gradient histograms, not pixels")
+        raise UsageError(f"{path} was trained with {what}")
     load_weights(method, ckpt["model"], path, f"method '{cfg.method.name}' with {cfg.model.name} of its config")
     return method.eval(), cfg
 
