@@ -1,10 +1,11 @@
 """Histograms of oriented gradients per patch: a reconstruction target that describes texture, not pixels.
 
-Why (docs/results.md, issue 13): in H&E tiles where exactly the nuclei of a hidden patch lie cannot be told
-from its neighbours, so the pixel loss's best guess for a per-patch normalised target is close to zero and
-MAE learns little beyond colour. A hidden patch's *texture statistics* (how much edge there is, in which
-directions) are predictable from its neighbours and describe the tissue. MaskFeat (Wei et al., CVPR 2022)
-uses this target: gradients by [-1, 0, 1] filters on each RGB channel, unsigned orientations in 9 bins
+Why it was tried (docs/results.md, issue 13): in H&E tiles where exactly the nuclei of a hidden patch lie
+cannot be told from its neighbours, so the pixel loss's best guess for a per-patch normalised target is
+close to zero; a hidden patch's *texture statistics* (how much edge there is, in which directions) might be
+predictable where its pixels are not. On PCam at CPU scale they were not (loss_rec_rel 0.96 after 2,100
+steps) and the features were worse than with pixels; the option stays for other data and budgets. MaskFeat
+(Wei et al., CVPR 2022) uses this target: gradients by [-1, 0, 1] filters on each RGB channel, unsigned orientations in 9 bins
 (each pixel's magnitude split linearly between its two nearest bins), histograms of 8 x 8 px cells, and
 each patch's vector of cell histograms L2-normalised (local contrast normalisation). Here the vector is then
 scaled to a mean square of 1 per value, the scale of a per-patch normalised pixel target, so that the loss
