@@ -18,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from sdmae.methods.base import loss_precision
+
 BINS = 9
 CELL = 8
 
@@ -49,7 +51,7 @@ def hog_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     Each pixel adds its magnitude straight into its cell's two bins (one scatter into B x C x cells x 9
     sums), without a per-pixel histogram of 9 values."""
     B, C, H, W = images.shape
-    gx, gy = gradients(images.float() if images.dtype in (torch.float16, torch.bfloat16) else images)
+    gx, gy = gradients(loss_precision(images))
     magnitude = torch.sqrt(gx * gx + gy * gy)
     position = torch.atan2(gy, gx).remainder(math.pi) * (BINS / math.pi)  # in [0, BINS]
     low = position.floor()

@@ -70,12 +70,11 @@ class MAE(Method):
 
     def targets(self, images: torch.Tensor, ids_mask: torch.Tensor) -> torch.Tensor:
         """Targets of the masked patches: normalised pixels (B, M, p*p*3) or HOG vectors (B, M, hog_dim)."""
-        if self.target == "hog":
-            patches = hog_patches(images * self.pixel_std + self.pixel_mean, self.encoder.patch_size)
-            return torch.gather(patches, 1, ids_mask[..., None].expand(-1, -1, patches.shape[-1]))
-        patches = self.pixel_patches(images)
+        p = self.encoder.patch_size
+        hog = self.target == "hog"
+        patches = hog_patches(images * self.pixel_std + self.pixel_mean, p) if hog else self.pixel_patches(images)
         masked = torch.gather(patches, 1, ids_mask[..., None].expand(-1, -1, patches.shape[-1]))
-        return normalize_targets(masked, self.target_norm)
+        return masked if hog else normalize_targets(masked, self.target_norm)
 
     def encode_decode(self, images: torch.Tensor, mask: torch.Tensor, num_mask: int | None = None):
         """`num_mask`: the masks' count when known (training); None reads it from `mask` (any ratio)."""
