@@ -11,7 +11,7 @@ from PIL import Image
 
 from sdmae.cli import main
 from sdmae.config import AugConfig, DataConfig, load_config
-from sdmae.data.batch import finish_images
+from sdmae.data.batch import finish_images, move_batch
 from sdmae.data.loader import GlobalBatchSampler, PretrainDataset, build_loader, crop_on_device
 from sdmae.data.packed import write_pack
 from sdmae.data.sources import open_sources
@@ -103,6 +103,25 @@ def test_stain_jitter_keeps_shape_and_range():
     hi = (1 - torch.tensor(aug.mean)) / torch.tensor(aug.std)
     assert out.shape == plain.shape and not torch.allclose(out, plain)
     assert (out >= lo.view(3, 1, 1) - 1e-5).all() and (out <= hi.view(3, 1, 1) + 1e-5).all()
+
+
+@pytest.mark.parametrize("device_tiles", [False, True])
+def test_clean_targets_share_geometry_not_colour(device_tiles):
+    """`data.aug.jitter_targets=false`: "image_clean" is the input's crop, flips and turns without its colour jitter."""
+    arrays, jitter = [tile(k) for k in range(8)], AugConfig(hed_jitter=0.2, color_jitter=0.4)
+    items = [PretrainTransform(jitter, 24)(a.view(DeviceTile) if device_tiles else a, sample_generator(3, 1, i))
+             for i, a in enumerate(arrays)]
+    raw = {"image": torch.stack([it["image"] for it in items]),
+           "image_aug": torch.stack([it["image_aug"] for it in items])}
+    cfg = load_config(None, ["model.img_size=24", "data.aug.hed_jitter=0.2", "data.aug.color_jitter=0.4"])
+    assert "image_clean" not in move_batch(raw, torch.device("cpu"), cfg, device_tiles)  # default: MAE's targets
+    cfg = load_config(None, ["model.img_size=24", "data.aug.hed_jitter=0.2", "data.aug.color_jitter=0.4",
+                             "data.aug.jitter_targets=false"])
+    out = move_batch(raw, torch.device("cpu"), cfg, device_tiles)
+    plain = finish_images(raw["image"], AugConfig(), raw["image_aug"], 24, device_tiles)
+    jittered = finish_images(raw["image"], cfg.data.aug, raw["image_aug"], 24, device_tiles)
+    assert torch.equal(out["image_clean"], plain) and torch.equal(out["image"], jittered)
+    assert (out["image"] - out["image_clean"]).abs().mean() > 0.05
 
 
 def test_crop_on_device_choice(tmp_path):

@@ -209,3 +209,18 @@ def test_loss_rec_rel_is_the_loss_over_predicting_the_batch_mean_target(norm):
 
     method.encode_decode = mean_predictor
     assert float(method({"image": images, "mask": mask})["loss_rec_rel"]) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_clean_targets_are_reconstructed_from_the_jittered_input():
+    """With "image_clean" in the batch (`data.aug.jitter_targets=false`) the encoder reads "image" and the loss
+    compares the decoder's output with the clean twin's targets."""
+    torch.manual_seed(0)
+    method = tiny("method.name=mae", "method.target_norm=joint")
+    gen = torch.Generator().manual_seed(1)
+    images, clean = torch.randn(2, 3, 3, 64, 64, generator=gen)
+    mask = torch.stack([torch.randperm(16, generator=gen) < 12 for _ in range(3)])
+    _, _, pred, _, ids_mask = method.encode_decode(images, mask)
+    out = method({"image": images, "image_clean": clean, "mask": mask})
+    expected = torch.nn.functional.mse_loss(pred, method.targets(clean, ids_mask))
+    assert float(out["loss_rec"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(method({"image": images, "mask": mask})["loss_rec"]) != pytest.approx(float(expected), rel=1e-3)

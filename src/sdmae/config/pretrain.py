@@ -91,6 +91,9 @@ class AugConfig:
     rot90: bool = True
     hed_jitter: float = 0.0  # sigma of the HED stain perturbation (Tellez et al.), 0 = off
     color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
+    # masked-image methods: reconstruct the jittered input (true, MAE's and the paper's targets) or the same crop
+    # without the stain and colour jitter (false), so that reading the jitter does not help the reconstruction
+    jitter_targets: bool = True
     # where crops, flips and rotations of fixed-size tiles (packed, HDF5, slides) run: "device" = batched on the
     # training device (workers only slice uint8 tiles), "workers" = per sample with PIL; "auto": device on CUDA
     crop_on: str = "auto"

@@ -9,6 +9,7 @@ and constants are built on the device once: a step on a GPU never waits for it (
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional
 
@@ -94,11 +95,21 @@ def finish_images(images: torch.Tensor, aug: AugConfig, params: Optional[torch.T
     return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (x / 255 - mean) / std in two passes
 
 
+def clean_targets(aug: AugConfig) -> bool:
+    """Whether "image" needs a colour-unjittered twin, "image_clean", as the reconstruction targets."""
+    return not aug.jitter_targets and (aug.hed_jitter > 0 or aug.color_jitter > 0)
+
+
 def move_batch(batch: dict, device: torch.device, cfg: Config, crops: bool = False) -> dict:
     """Moves tensors to the device and normalises every uint8 image field (..., 3, H, W): "image", or a
-    multi-view method's "views" / "local". `crops`: the batch holds whole tiles (the device-crop path)."""
+    multi-view method's "views" / "local". `crops`: the batch holds whole tiles (the device-crop path).
+    With `data.aug.jitter_targets=false` "image_clean" is "image" with the same geometry and no colour jitter."""
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    for k, v in out.items():
+    aug, size = cfg.data.aug, cfg.model.img_size
+    for k, v in list(out.items()):
         if torch.is_tensor(v) and v.dtype == torch.uint8 and v.ndim >= 4 and v.shape[-3] == 3:
-            out[k] = finish_images(v, cfg.data.aug, out.get(f"{k}_aug"), cfg.model.img_size, crops)
+            out[k] = finish_images(v, aug, out.get(f"{k}_aug"), size, crops)
+            if k == "image" and clean_targets(aug):
+                plain = dataclasses.replace(aug, hed_jitter=0.0, color_jitter=0.0)
+                out["image_clean"] = finish_images(v, plain, out.get("image_aug"), size, crops)
     return out

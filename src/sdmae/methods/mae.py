@@ -90,8 +90,8 @@ class MAE(Method):
         the decoder learned nothing beyond the average patch, 0 a perfect reconstruction."""
         images, mask = batch["image"], batch["mask"]
         z, h, pred, _, ids_mask = self.encode_decode(images, mask, self.num_mask)
-        with torch.no_grad():
-            target = loss_precision(self.targets(images, ids_mask))
+        with torch.no_grad():  # "image_clean": the crop without colour jitter (`data.aug.jitter_targets=false`)
+            target = loss_precision(self.targets(batch.get("image_clean", images), ids_mask))
         loss = F.mse_loss(loss_precision(pred), target)
         with torch.no_grad():
             baseline = (target - target.mean(dim=(0, 1))).square().mean()
