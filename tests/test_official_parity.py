@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from sdmae.config import load_config
 from sdmae.methods import Method, build_method
 from sdmae.methods.masking import normalize_targets, patchify, split_ids
-from sdmae.train.optim import build_optimizer
+from sdmae.train.optim import build_optimizer, param_groups
 
 TINY = ["model.name=vit_tiny_patch16", "model.img_size=64", "model.decoder_depth=1", "model.head_hidden_dim=64",
         "model.head_bottleneck_dim=32", "model.head_out_dim=128", "train.device=cpu"]
@@ -224,3 +224,19 @@ def test_clean_targets_are_reconstructed_from_the_jittered_input():
     expected = torch.nn.functional.mse_loss(pred, method.targets(clean, ids_mask))
     assert float(out["loss_rec"]) == pytest.approx(float(expected), rel=1e-5)
     assert float(method({"image": images, "mask": mask})["loss_rec"]) != pytest.approx(float(expected), rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["mae", "sdmae", "mocov3"])
+def test_frozen_patch_embed_keeps_its_random_draw(name):
+    """`method.frozen_patch_embed=true` (MoCo v3's random patch projection): the patch embedding gets no gradient
+    and no optimiser slot; everything else of the encoder trains."""
+    m = tiny(f"method.name={name}", "method.frozen_patch_embed=true")
+    frozen = {id(p) for p in m.encoder.patch_embed.parameters()}
+    assert frozen and not any(p.requires_grad for p in m.encoder.patch_embed.parameters())
+    assert not frozen & {id(p) for g in param_groups(m, 0.05) for p in g["params"]}
+    if name == "mocov3":
+        return
+    mask = torch.stack([torch.randperm(16) < 12 for _ in range(2)])
+    m({"image": torch.randn(2, 3, 64, 64), "mask": mask})["loss"].backward()
+    assert all(p.grad is None for p in m.encoder.patch_embed.parameters())
+    assert all(p.grad is not None for p in m.encoder.blocks.parameters())

@@ -75,7 +75,7 @@ class MethodConfig:
     moco_temp: float = 0.2  # InfoNCE temperature
     moco_dim: int = 256  # projector / predictor output
     moco_mlp_dim: int = 4096  # projector / predictor hidden width
-    frozen_patch_embed: bool = False  # MoCo v3's random patch projection, never trained
+    frozen_patch_embed: bool = False  # MoCo v3's random patch projection, never trained (MoCo v3, MAE, SD-MAE)
     warmup_teacher_temp: float = 0.04  # DINO: teacher temperature at step 0, linear to teacher_temp
     warmup_teacher_temp_epochs: float = 0.0
     freeze_last_layer_epochs: float = 1.0  # DINO: the head's last layer is not updated during these epochs

@@ -44,6 +44,8 @@ class MAE(Method):
         m = cfg.model
         self.cfg = cfg
         self.encoder = build_encoder(m.name, m.img_size, m.pos_embed, m.drop_path, m.init)
+        if cfg.method.frozen_patch_embed:  # MoCo v3's random patch projection: the filters keep their draw
+            self.encoder.patch_embed.requires_grad_(False)
         grid, p = m.img_size // self.encoder.patch_size, self.encoder.patch_size
         self.target = cfg.method.target
         self.can_reconstruct = self.target == "pixels"  # a HOG decoder predicts no pixels to picture
