@@ -9,7 +9,6 @@ and constants are built on the device once: a step on a GPU never waits for it (
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Optional
 
@@ -67,18 +66,21 @@ def needs_augment(aug: AugConfig, crops: bool) -> bool:
     return crops or aug.hed_jitter > 0 or aug.color_jitter > 0
 
 
-def augment(images: torch.Tensor, params: torch.Tensor, aug: AugConfig, size: int, crops: bool) -> torch.Tensor:
-    """uint8 (B, 3, H, W) + parameters (B, 17) -> float (B, 3, size, size) in [0, 1], augmented. `crops`: the
-    tiles are whole (the device-crop path), so crop, resize, flips and turns run here too."""
+def augment(images: torch.Tensor, params: torch.Tensor, aug: AugConfig, size: int, crops: bool,
+            twin: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """uint8 (B, 3, H, W) + parameters (B, 17) -> float (B, 3, size, size) in [0, 1], augmented, and with `twin`
+    the same crop without colour jitter (else None). `crops`: the tiles are whole (the device-crop path), so
+    crop, resize, flips and turns run here too."""
     p = params.to(images.device, torch.float32)
     x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
     if crops:
         x = crop_resize_flip(x, p, size, aug)
+    plain = x.clone() if twin else None
     if aug.hed_jitter > 0:
         x = hed_jitter(x, p[:, 8:11], p[:, 11:14])
     if aug.color_jitter > 0:
         x = color_jitter(x, p[:, 14:17])
-    return x
+    return x, plain
 
 
 def finish_images(images: torch.Tensor, aug: AugConfig, params: Optional[torch.Tensor] = None,
@@ -86,13 +88,21 @@ def finish_images(images: torch.Tensor, aug: AugConfig, params: Optional[torch.T
     """uint8 (..., 3, H, W) on the training device -> float32, ImageNet-normalised. With `params` (the
     "<field>_aug" entry of the batch), the per-sample augmentation left for the device runs first: colour
     always, and with `crops` the geometry of whole tiles to `size` px."""
+    return finish_with_twin(images, aug, params, size, crops)[0]
+
+
+def finish_with_twin(images: torch.Tensor, aug: AugConfig, params: Optional[torch.Tensor] = None,
+                     size: Optional[int] = None, crops: bool = False,
+                     twin: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """`finish_images`, and with `twin` also the same images without colour jitter (cropped once for both)."""
     mean = device_constant(tuple(aug.mean), images.device, (3, 1, 1))
     std = device_constant(tuple(aug.std), images.device, (3, 1, 1))
     if params is not None and needs_augment(aug, crops):
-        size = size or images.shape[-1]
-        return augment(images, params, aug, size, crops).sub_(mean).div_(std)
+        x, plain = augment(images, params, aug, size or images.shape[-1], crops, twin)
+        return x.sub_(mean).div_(std), None if plain is None else plain.sub_(mean).div_(std)
     x = images.to(torch.float32, memory_format=torch.contiguous_format)
-    return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (x / 255 - mean) / std in two passes
+    x = x.mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (x / 255 - mean) / std in two passes
+    return x, x if twin else None
 
 
 def clean_targets(aug: AugConfig) -> bool:
@@ -108,8 +118,8 @@ def move_batch(batch: dict, device: torch.device, cfg: Config, crops: bool = Fal
     aug, size = cfg.data.aug, cfg.model.img_size
     for k, v in list(out.items()):
         if torch.is_tensor(v) and v.dtype == torch.uint8 and v.ndim >= 4 and v.shape[-3] == 3:
-            out[k] = finish_images(v, aug, out.get(f"{k}_aug"), size, crops)
-            if k == "image" and clean_targets(aug):
-                plain = dataclasses.replace(aug, hed_jitter=0.0, color_jitter=0.0)
-                out["image_clean"] = finish_images(v, plain, out.get("image_aug"), size, crops)
+            twin = k == "image" and clean_targets(aug)
+            out[k], plain = finish_with_twin(v, aug, out.get(f"{k}_aug"), size, crops, twin)
+            if twin:
+                out["image_clean"] = plain
     return out
