@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sdmae.config import load_config
+from sdmae.errors import UsageError
 from sdmae.methods import Method, build_method
 from sdmae.methods.masking import normalize_targets, patchify, split_ids
 from sdmae.train.optim import build_optimizer, param_groups
@@ -240,3 +241,24 @@ def test_frozen_patch_embed_keeps_its_random_draw(name):
     m({"image": torch.randn(2, 3, 64, 64), "mask": mask})["loss"].backward()
     assert all(p.grad is None for p in m.encoder.patch_embed.parameters())
     assert all(p.grad is not None for p in m.encoder.blocks.parameters())
+
+
+@pytest.mark.parametrize("name", ["mae", "sdmae"])
+def test_frozen_blocks_keep_their_random_draw(name):
+    """`method.frozen_blocks=1` with the frozen patch embedding: the input end up to the first block keeps its draw
+    through an optimiser step; the later blocks and the decoder move."""
+    m = tiny(f"method.name={name}", "method.frozen_patch_embed=true", "method.frozen_blocks=1")
+    before = copy.deepcopy(m.state_dict())
+    opt = torch.optim.AdamW(param_groups(m, 0.05), lr=1e-2)  # the project's groups: frozen weights have no slot
+    mask = torch.stack([torch.randperm(16) < 12 for _ in range(2)])
+    m({"image": torch.randn(2, 3, 64, 64), "mask": mask})["loss"].backward()
+    opt.step()
+    after = m.state_dict()
+    moved = {k for k in after if not torch.equal(after[k], before[k])}
+    assert not {k for k in moved if k.startswith(("encoder.patch_embed.", "encoder.blocks.0."))}
+    assert any(k.startswith("encoder.blocks.1.") for k in moved) and any(k.startswith("decoder.") for k in moved)
+
+
+def test_frozen_blocks_beyond_the_depth_is_a_usage_error():
+    with pytest.raises(UsageError, match="method.frozen_blocks"):
+        tiny("method.name=mae", "method.frozen_blocks=99")

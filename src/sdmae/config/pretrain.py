@@ -76,6 +76,7 @@ class MethodConfig:
     moco_dim: int = 256  # projector / predictor output
     moco_mlp_dim: int = 4096  # projector / predictor hidden width
     frozen_patch_embed: bool = False  # MoCo v3's random patch projection, never trained (MoCo v3, MAE, SD-MAE)
+    frozen_blocks: int = 0  # MAE / SD-MAE: the encoder's first N blocks keep their random draw too (not the paper's)
     warmup_teacher_temp: float = 0.04  # DINO: teacher temperature at step 0, linear to teacher_temp
     warmup_teacher_temp_epochs: float = 0.0
     freeze_last_layer_epochs: float = 1.0  # DINO: the head's last layer is not updated during these epochs
@@ -235,7 +236,7 @@ POSITIVE = ("train.dist_timeout", "optim.base_lr", "method.student_temp", "metho
 NON_NEGATIVE = ("optim.min_lr", "optim.weight_decay", "optim.warmup_epochs", "data.num_workers", "data.level",
                 "data.slide_cache_mb", "data.aug.hed_jitter", "data.aug.color_jitter", "train.ckpt_every_steps", "train.ckpt_every_epochs",
                 "train.keep_every_epochs", "train.knn_every", "method.warmup_teacher_temp_epochs",
-                "method.freeze_last_layer_epochs", "method.views.local_crops")
+                "method.freeze_last_layer_epochs", "method.views.local_crops", "method.frozen_blocks")
 FRACTIONS = ("method.p", "method.center_momentum", "method.momentum", "data.tissue_min", "method.views.jitter_p",
              "method.views.grayscale_p", "method.views.local_blur_p", "method.views.blur_p",
              "method.views.solarize_p")  # probabilities and weights in [0, 1] (lists: every item)
