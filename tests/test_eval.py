@@ -144,3 +144,20 @@ def test_eval_config_errors_name_the_key():
         load_eval_config(["eval.knn_k=0"])
     with pytest.raises(ConfigError, match="eval.finetune.nope"):
         load_eval_config(["eval.finetune.nope=1"])
+
+
+def test_official_randaugment_survives_zero_bit_posterize():
+    """'rand-m9-mstd0.5-inc1' at magnitude 10 asks for 0-bit posterize, which Pillow 11 refuses; the fine-tuning
+    transform gives a black image there, as Pillow < 11 did, and keeps other bit counts as they were."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    from sdmae.eval.finetune import pillow_safe_posterize
+
+    t = pillow_safe_posterize(create_transform(32, is_training=True, auto_augment="rand-m9-mstd0.5-inc1"))
+    op = next(o for r in t.transforms if hasattr(r, "ops") for o in r.ops if o.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+    img = Image.new("RGB", (32, 32), (200, 120, 90))
+    assert op(img).getextrema() == ((0, 0), (0, 0), (0, 0))
+    op.magnitude = 5  # 4 - int(5 / 10 * 4) = 2 bits: 200 -> 192, 120 -> 64, 90 -> 64
+    assert op(img).getpixel((0, 0)) == (192, 64, 64)

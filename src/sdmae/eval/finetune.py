@@ -30,7 +30,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from PIL import Image, ImageOps
 from timm.data import Mixup, create_transform
+from timm.data.auto_augment import RandAugment
 from timm.layers import DropPath
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -217,13 +219,34 @@ def _resume(ckpt_path: Path, run_config: dict, model, opt, scaler, env, total: i
     return state
 
 
+def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """Posterize as Pillow < 11 did: 0 bits kept is a black image (Pillow 11 raises instead)."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def pillow_safe_posterize(transform):
+    """The official RandAugment ('rand-m9-mstd0.5-inc1') asks for 0-bit posterize whenever the sampled magnitude
+    reaches 10; Pillow 11 refuses that, and a fine-tuning run crashed at a random step. The images are those of
+    the official code under Pillow < 11."""
+    for t in getattr(transform, "transforms", []):
+        if isinstance(t, RandAugment):
+            for op in t.ops:
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = _posterize
+    return transform
+
+
 def _train_loader(source, items, labels, size: int, mean, std, ft: FinetuneConfig, ecfg: EvalConfig, seed: int,
                   env, start: int, total: int) -> DataLoader:
     transform = create_transform(size, is_training=True, hflip=0.5, vflip=0.5 if ft.vflip else 0.0,
                                  color_jitter=ft.color_jitter, auto_augment=ft.randaug or None,
                                  interpolation="bicubic", mean=tuple(mean), std=tuple(std), re_prob=ft.reprob,
                                  re_mode="pixel", re_count=1)
-    dataset = TrainTiles(source, items, labels[items], transform, seed)
+    dataset = TrainTiles(source, items, labels[items], pillow_safe_posterize(transform), seed)
     sampler = GlobalBatchSampler(len(items), ft.batch_size, env.world, env.rank, seed, start=start, total=total)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=ecfg.num_workers,
                         pin_memory=env.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
