@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdmae.config import load_config
+from sdmae.config import ConfigError, load_config
 from sdmae.errors import UsageError
 from sdmae.methods import Method, build_method
 from sdmae.methods.masking import normalize_targets, patchify, split_ids
@@ -264,3 +264,11 @@ def test_frozen_blocks_keep_their_random_draw(name):
 def test_frozen_blocks_beyond_the_depth_is_a_usage_error():
     with pytest.raises(UsageError, match="method.frozen_blocks"):
         tiny("method.name=mae", "method.frozen_blocks=99")
+
+
+@pytest.mark.parametrize("keys", [("method.name=dino", "method.frozen_patch_embed=true"),
+                                  ("method.name=mocov3", "method.frozen_blocks=2"),
+                                  ("method.name=mae", "method.frozen_blocks=-1")])
+def test_freezing_keys_a_method_ignores_are_refused(keys):
+    with pytest.raises(ConfigError, match="method.frozen_"):
+        load_config(overrides=list(keys))

@@ -223,6 +223,17 @@ def validate(cfg: Config) -> None:
                           f"'model.decoder_heads' ({cfg.model.decoder_heads})")
     _validate_lists(cfg)
     _validate_views(cfg.method)
+    _validate_frozen(cfg.method)
+
+
+def _validate_frozen(m: MethodConfig) -> None:
+    """The freezing keys act only where a method reads them; elsewhere they would be silently ignored."""
+    if m.frozen_patch_embed and m.name == "dino":
+        raise ConfigError("config key 'method.frozen_patch_embed' is not used by method.name dino; "
+                          "it works with sdmae, mae and mocov3")
+    if m.frozen_blocks and m.name not in ("sdmae", "mae"):
+        raise ConfigError(f"config key 'method.frozen_blocks' is not used by method.name {m.name}; "
+                          "it works with sdmae and mae")
 
 
 # Numeric keys and the values they accept; optional keys set to None (off) are not checked. Decided per field of

@@ -24,7 +24,8 @@ def num_masked(cfg: Config, num_patches: int) -> int:
 
 def freeze_input_end(encoder, patch_embed: bool, blocks: int) -> None:
     """Keep the random draw of the patch embedding (MoCo v3's random patch projection) and of the first `blocks`
-    blocks: on PCam, reconstruction trained the input end towards colour, which random filters read less."""
+    blocks: on PCam, reconstruction trained the input end towards the tiles' colour, while random filters read
+    texture that carries over to other stains (docs/results.md)."""
     if blocks > len(encoder.blocks):
         raise UsageError(f"config key 'method.frozen_blocks' {blocks} is more than the {len(encoder.blocks)} blocks "
                          f"of the encoder")
