@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -99,12 +100,15 @@ class Evil:
 def test_pickled_payload_is_refused_and_never_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"model": Evil(), "step": 1}, tmp_path / "evil.pt")
-    with pytest.raises(UnsafeCheckpointError, match="refusing"):
+    with pytest.raises(UnsafeCheckpointError, match="refusing") as e:
         load_checkpoint(tmp_path / "evil.pt")
+    assert "system" in str(e.value) and "weights_only` set to `False`" not in str(e.value)  # names the global
     assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
     (tmp_path / "raw.pkl").write_bytes(pickle.dumps({"model": 1}))
-    with pytest.raises(Exception):
-        load_checkpoint(tmp_path / "raw.pkl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clear error, not torch's pickle-protocol warning before it
+        with pytest.raises(UnsafeCheckpointError, match="refusing"):
+            load_checkpoint(tmp_path / "raw.pkl")
 
 
 def folder_of_tiles(root, n=24, size=40):

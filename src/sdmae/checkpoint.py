@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,16 +29,26 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise SdmaeError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a plain pickle's protocol says nothing to a user
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it holds pickled Python objects, not only tensors, and loading it could "
-            f"run arbitrary code (weights_only=True rejected it: {str(e).splitlines()[0]})") from e
+            f"run arbitrary code (weights_only=True rejected it: {_rejection_reason(e)})") from e
     except Exception as e:
         raise SdmaeError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise SdmaeError(f"{path} is not an sdmae checkpoint (no 'model' entry)")
     return ckpt
+
+
+def _rejection_reason(e: pickle.UnpicklingError) -> str:
+    """The line of torch's refusal that names what was rejected, without its advice to load with
+    weights_only=False (which would run the file's code)."""
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(skip)]
+    return lines[0].removeprefix("WeightsUnpickler error:").strip() if lines else type(e).__name__
 
 
 def rng_state() -> dict:
