@@ -47,7 +47,7 @@ def _rejection_reason(e: pickle.UnpicklingError) -> str:
     """The line of torch's refusal that names what was rejected, without its advice to load with
     weights_only=False (which would run the file's code)."""
     skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(skip)]
+    lines = [ln for ln in map(str.strip, str(e).splitlines()) if ln and not ln.startswith(skip)]
     return lines[0].removeprefix("WeightsUnpickler error:").strip() if lines else type(e).__name__
 
 
