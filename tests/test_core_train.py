@@ -183,6 +183,37 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, tiny_overrides):
     assert steps == list(range(1, 21))  # the log was cut back to the checkpoint, then continued
 
 
+def test_loader_workers_ignore_stop_signals_sent_to_them(tmp_path, tiny_overrides, monkeypatch):
+    """`pkill -f sdmae` signals the loader workers as well as the run (they share its command line). A worker
+    that died of it would fail the run at its next batch, before the run's own stop at a step boundary; the
+    workers ignore SIGTERM / SIGINT and leave the decision to the run, which checkpoints and stops."""
+    import multiprocessing
+
+    data = [str(folder_of_tiles(tmp_path / "tiles", n=32))]
+    cfg = load_config(overrides=tiny_overrides + ["data.num_workers=1", "train.max_steps=8",
+                                                  "train.reconstructions=false"])
+    cls = type(build_method(cfg))
+    original = cls.after_optimizer_step
+    workers = []
+
+    def signal_workers_then_run(self, step, total):
+        original(self, step, total)
+        if step == 1:
+            workers.extend(p.pid for p in multiprocessing.active_children())
+            for pid in workers:
+                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGINT)
+            time.sleep(0.5)  # a worker killed by them would be dead before the next batch is asked for
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cls, "after_optimizer_step", signal_workers_then_run)
+    summary = pretrain(cfg, data, str(tmp_path / "run"))
+    assert workers, "the run started no loader worker"
+    assert summary["stopped"] and summary["signal"] == signal.SIGTERM
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
+
+
 def test_resume_with_changed_training_config_is_refused(tmp_path, tiny_overrides):
     data = [str(folder_of_tiles(tmp_path / "tiles", n=8))]
     sets = tiny_overrides + ["train.max_steps=1", "train.reconstructions=false"]

@@ -134,15 +134,18 @@ class StopRequest:
 
 def _detached_worker(worker_id: int, chained=None) -> None:
     os.setpgrp()
+    for s in (signal.SIGTERM, signal.SIGINT):  # `pkill -f` and `killall` reach workers by name: the parent decides
+        signal.signal(s, signal.SIG_IGN)
     if chained is not None:
         chained(worker_id)
 
 
 def detach_workers(loader) -> None:
-    """Puts the DataLoader's worker processes in their own process group. torchrun forwards SIGTERM / SIGINT to
-    each rank's whole process group, and a terminal's Ctrl-C reaches the foreground group: a worker killed
-    that way makes the rank fail mid-step instead of checkpointing. Detached workers are still ended by their
-    parent (and end themselves when it dies)."""
+    """Puts the DataLoader's worker processes in their own process group, ignoring SIGTERM / SIGINT. torchrun
+    forwards those to each rank's whole process group, a terminal's Ctrl-C reaches the foreground group and
+    `pkill -f` matches the workers' command line: a worker killed that way makes the rank fail mid-step
+    instead of checkpointing. Detached workers are still ended by their parent (and end themselves when it
+    dies); SIGKILL ends them as it ends anything."""
     loader.worker_init_fn = functools.partial(_detached_worker, chained=loader.worker_init_fn)
 
 
