@@ -68,7 +68,8 @@ class MethodConfig:
     center_on: str = "probs"  # "probs" (official code) or "logits" (DINO)
     teacher_stop_grad: bool = False  # official code: gradients flow through the teacher branch too
     target_norm: str = "per_channel"  # "per_channel" (official code), "joint" (MAE) or "none"; pixel targets only
-    target: str = "pixels"  # what masked patches are reconstructed as: "pixels" (paper) or "hog" (MaskFeat)
+    target: str = "pixels"  # masked patches' targets: "pixels" (paper), "hog" (MaskFeat), "random_features" (dBOT)
+    target_block: int = 0  # random_features: the frozen random copy's tokens after this many blocks (0: all)
     head_shortcut: bool = True  # mean over tokens before the heads' linear last layer (exact)
     # MoCo v3 and DINO (docs/methods.md)
     momentum: Optional[float] = None  # momentum encoder / EMA teacher, cosine to 1; None: 0.99 MoCo v3, 0.996 DINO
@@ -205,7 +206,7 @@ def validate(cfg: Config) -> None:
         "method.name": ("sdmae", "mae", "mocov3", "dino"),
         "method.center_on": ("probs", "logits"),
         "method.target_norm": ("per_channel", "joint", "none"),
-        "method.target": ("pixels", "hog"),
+        "method.target": ("pixels", "hog", "random_features"),
         "data.aug.crop": ("official", "mae", "none"),
         "data.aug.crop_on": ("auto", "device", "workers"),
         "train.precision": ("auto", "fp32", "bf16", "fp16"),
@@ -223,14 +224,17 @@ def validate(cfg: Config) -> None:
                           f"'model.decoder_heads' ({cfg.model.decoder_heads})")
     _validate_lists(cfg)
     _validate_views(cfg.method)
-    _validate_frozen(cfg.method)
+    _validate_unused_keys(cfg.method)
 
 
-def _validate_frozen(m: MethodConfig) -> None:
-    """The freezing keys act only where a method reads them; elsewhere they would be silently ignored."""
+def _validate_unused_keys(m: MethodConfig) -> None:
+    """The freezing and target keys act only where a method reads them; elsewhere they would be silently ignored."""
     if m.frozen_patch_embed and m.name == "dino":
         raise ConfigError("config key 'method.frozen_patch_embed' is not used by method.name dino; "
                           "it works with sdmae, mae and mocov3")
+    if m.target_block and m.target != "random_features":
+        raise ConfigError(f"config key 'method.target_block' is used only with method.target random_features; "
+                          f"method.target is {m.target}")
     if m.frozen_blocks and m.name not in ("sdmae", "mae"):
         raise ConfigError(f"config key 'method.frozen_blocks' is not used by method.name {m.name}; "
                           "it works with sdmae and mae")
@@ -247,7 +251,8 @@ POSITIVE = ("train.dist_timeout", "optim.base_lr", "method.student_temp", "metho
 NON_NEGATIVE = ("optim.min_lr", "optim.weight_decay", "optim.warmup_epochs", "data.num_workers", "data.level",
                 "data.slide_cache_mb", "data.aug.hed_jitter", "data.aug.color_jitter", "train.ckpt_every_steps", "train.ckpt_every_epochs",
                 "train.keep_every_epochs", "train.knn_every", "method.warmup_teacher_temp_epochs",
-                "method.freeze_last_layer_epochs", "method.views.local_crops", "method.frozen_blocks")
+                "method.freeze_last_layer_epochs", "method.views.local_crops", "method.frozen_blocks",
+                "method.target_block")
 FRACTIONS = ("method.p", "method.center_momentum", "method.momentum", "data.tissue_min", "method.views.jitter_p",
              "method.views.grayscale_p", "method.views.local_blur_p", "method.views.blur_p",
              "method.views.solarize_p")  # probabilities and weights in [0, 1] (lists: every item)

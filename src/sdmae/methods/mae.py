@@ -10,6 +10,7 @@ from sdmae.errors import UsageError
 from sdmae.methods.base import Method, loss_precision
 from sdmae.methods.hog import hog_dim, hog_patches
 from sdmae.methods.masking import MaskSampler, normalize_targets, patchify, split_ids
+from sdmae.methods.random_teacher import RandomTeacher
 from sdmae.models import MaskedDecoder, build_encoder
 
 
@@ -59,9 +60,12 @@ class MAE(Method):
         freeze_input_end(self.encoder, cfg.method.frozen_patch_embed, cfg.method.frozen_blocks)
         grid, p = m.img_size // self.encoder.patch_size, self.encoder.patch_size
         self.target = cfg.method.target
-        self.can_reconstruct = self.target == "pixels"  # a HOG decoder predicts no pixels to picture
+        self.can_reconstruct = self.target == "pixels"  # other decoders predict no pixels to picture
+        if self.target == "random_features":  # a copy of the random draw, before any step
+            self.teacher = RandomTeacher(self.encoder, cfg.method.target_block)
+        out_dim = {"hog": hog_dim(p), "random_features": self.encoder.embed_dim}.get(self.target)
         self.decoder = MaskedDecoder(self.encoder.embed_dim, grid, p, m.decoder_dim, m.decoder_depth, m.decoder_heads,
-                                     m.pos_embed, init=m.init, out_dim=hog_dim(p) if self.target == "hog" else None)
+                                     m.pos_embed, init=m.init, out_dim=out_dim)
         self.target_norm = cfg.method.target_norm
         self.num_mask = num_masked(cfg, self.encoder.num_patches)  # what sample_fn's masks hide, per image
         aug = cfg.data.aug  # the input normalisation, undone for the targets (not saved: it is in the config)
@@ -82,12 +86,16 @@ class MAE(Method):
         return (patches - self.pixel_mean.flatten().repeat(p2)) / self.pixel_std.flatten().repeat(p2)
 
     def targets(self, images: torch.Tensor, ids_mask: torch.Tensor) -> torch.Tensor:
-        """Targets of the masked patches: normalised pixels (B, M, p*p*3) or HOG vectors (B, M, hog_dim)."""
-        p = self.encoder.patch_size
-        hog = self.target == "hog"
-        patches = hog_patches(images * self.pixel_std + self.pixel_mean, p) if hog else self.pixel_patches(images)
-        masked = torch.gather(patches, 1, ids_mask[..., None].expand(-1, -1, patches.shape[-1]))
-        return masked if hog else normalize_targets(masked, self.target_norm)
+        """Targets of the masked patches: normalised pixels (B, M, p*p*3), HOG vectors (B, M, hog_dim) or the
+        random teacher's tokens (B, M, D)."""
+        if self.target == "random_features":
+            per_patch = self.teacher(images)
+        elif self.target == "hog":
+            per_patch = hog_patches(images * self.pixel_std + self.pixel_mean, self.encoder.patch_size)
+        else:
+            per_patch = self.pixel_patches(images)
+        masked = torch.gather(per_patch, 1, ids_mask[..., None].expand(-1, -1, per_patch.shape[-1]))
+        return normalize_targets(masked, self.target_norm) if self.target == "pixels" else masked
 
     def encode_decode(self, images: torch.Tensor, mask: torch.Tensor, num_mask: int | None = None):
         """`num_mask`: the masks' count when known (training); None reads it from `mask` (any ratio)."""

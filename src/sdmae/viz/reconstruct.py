@@ -95,8 +95,9 @@ def load_method(ckpt_path: str):
     cfg = load_config(base=ckpt.get("config", {}))
     method = build_method(cfg)
     if not method.can_reconstruct:
-        what = (f"method '{cfg.method.name}', which has no pixel decoder" if cfg.method.target == "pixels" else
-                f"method.target={cfg.method.target}: its decoder predicts gradient histograms, not pixels")
+        kind = {"hog": "gradient histograms", "random_features": "a random network's features"}.get(cfg.method.target)
+        what = (f"method.target={cfg.method.target}: its decoder predicts {kind}, not pixels" if kind else
+                f"method '{cfg.method.name}', which has no pixel decoder")
         raise UsageError(f"{path} was trained with {what}")
     load_weights(method, ckpt["model"], path, f"method '{cfg.method.name}' with {cfg.model.name} of its config")
     return method.eval(), cfg
