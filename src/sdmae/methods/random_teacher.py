@@ -32,6 +32,7 @@ class RandomTeacher(nn.Module):
             raise UsageError(f"config key 'method.target_block' {block} is more than the {depth} blocks of the encoder")
         net = copy.deepcopy(encoder)
         net.blocks = net.blocks[:block or depth]
+        net.norm = nn.Identity()  # the targets take a parameter-free layer norm instead
         self.net = net.requires_grad_(False)
         self.dim = net.embed_dim
 
@@ -42,7 +43,5 @@ class RandomTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, H, W) -> layer-normalised tokens (B, N, D) after the teacher's last block."""
-        x = self.net.norm_pre(self.net._pos_embed(self.net.patch_embed(images)))
-        for blk in self.net.blocks:
-            x = blk(x)
-        return F.layer_norm(x.float(), x.shape[-1:], eps=1e-6)
+        x = self.net.forward_tokens(images).float()
+        return F.layer_norm(x, x.shape[-1:], eps=1e-6)
