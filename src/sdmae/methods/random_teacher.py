@@ -8,8 +8,8 @@ the student must predict, from the visible patches, what a random network reads 
 weights also lose information with depth (on PCam's colour split their third block's pooled tokens gave
 5.7 kNN points more than their last), so the teacher can be cut after `method.target_block` blocks.
 
-The teacher sees the whole image; its tokens after that block are layer-normalised without parameters (the
-data2vec and dBOT choice, which gives each target value unit scale like a per-patch normalised pixel). It is
+The teacher sees the whole image; its tokens after that block are layer-normalised without parameters, so
+that each target value has unit scale, like a per-patch normalised pixel, and `method.p` keeps its meaning. It is
 the student's own starting point (a copy taken before the first step), frozen and saved with the run, so a
 resumed run keeps the same targets.
 """
@@ -34,7 +34,6 @@ class RandomTeacher(nn.Module):
         net.blocks = net.blocks[:block or depth]
         net.norm = nn.Identity()  # the targets take a parameter-free layer norm instead
         self.net = net.requires_grad_(False)
-        self.dim = net.embed_dim
 
     def train(self, mode: bool = True) -> "RandomTeacher":
         """Always in eval mode: drop-path in the teacher would make its targets random."""
