@@ -233,7 +233,7 @@ def _validate_unused_keys(m: MethodConfig) -> None:
         raise ConfigError("config key 'method.frozen_patch_embed' is not used by method.name dino; "
                           "it works with sdmae, mae and mocov3")
     if m.target_block and m.target != "random_features":
-        raise ConfigError(f"config key 'method.target_block' is used only with method.target random_features; "
+        raise ConfigError("config key 'method.target_block' is used only with method.target random_features; "
                           f"method.target is {m.target}")
     if m.frozen_blocks and m.name not in ("sdmae", "mae"):
         raise ConfigError(f"config key 'method.frozen_blocks' is not used by method.name {m.name}; "
