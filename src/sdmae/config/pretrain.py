@@ -67,8 +67,10 @@ class MethodConfig:
     center_momentum: float = 0.9
     center_on: str = "probs"  # "probs" (official code) or "logits" (DINO)
     teacher_stop_grad: bool = False  # official code: gradients flow through the teacher branch too
-    target_norm: str = "per_channel"  # "per_channel" (official code), "joint" (MAE) or "none"; pixel targets only
-    target: str = "pixels"  # masked patches' targets: "pixels" (paper), "hog" (MaskFeat), "random_features" (dBOT)
+    target_norm: str = "per_channel"  # "per_channel" (official code), "joint" (MAE) or "none"; pixel-valued targets
+    # masked patches' targets: "pixels" (paper), "gray" / "haematoxylin" (one channel), "hog" (MaskFeat),
+    # "random_features" (dBOT)
+    target: str = "pixels"
     target_block: int = 0  # random_features: the frozen random copy's tokens after this many blocks (0: all)
     head_shortcut: bool = True  # mean over tokens before the heads' linear last layer (exact)
     # MoCo v3 and DINO (docs/methods.md)
@@ -206,7 +208,7 @@ def validate(cfg: Config) -> None:
         "method.name": ("sdmae", "mae", "mocov3", "dino"),
         "method.center_on": ("probs", "logits"),
         "method.target_norm": ("per_channel", "joint", "none"),
-        "method.target": ("pixels", "hog", "random_features"),
+        "method.target": ("pixels", "gray", "haematoxylin", "hog", "random_features"),
         "data.aug.crop": ("official", "mae", "none"),
         "data.aug.crop_on": ("auto", "device", "workers"),
         "train.precision": ("auto", "fp32", "bf16", "fp16"),

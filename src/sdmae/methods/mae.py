@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from sdmae.config import Config
+from sdmae.data.stain import LOG_ADJUST, rgb_to_hed
 from sdmae.data.transforms import PretrainTransform
 from sdmae.errors import UsageError
 from sdmae.methods.base import Method, loss_precision
@@ -12,6 +13,9 @@ from sdmae.methods.hog import hog_dim, hog_patches
 from sdmae.methods.masking import MaskSampler, normalize_targets, patchify, split_ids
 from sdmae.methods.random_teacher import RandomTeacher
 from sdmae.models import MaskedDecoder, build_encoder
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B in a grey level
+PIXEL_TARGETS = {"pixels": 3, "gray": 1, "haematoxylin": 1}  # channels of each pixel-valued target
 
 
 def num_masked(cfg: Config, num_patches: int) -> int:
@@ -63,7 +67,8 @@ class MAE(Method):
         self.can_reconstruct = self.target == "pixels"  # other decoders predict no pixels to picture
         if self.target == "random_features":  # a copy of the random draw, before any step
             self.teacher = RandomTeacher(self.encoder, cfg.method.target_block)
-        out_dim = {"hog": hog_dim(p), "random_features": self.encoder.embed_dim}.get(self.target)
+        out_dim = {"hog": hog_dim(p), "random_features": self.encoder.embed_dim, "gray": p * p,
+                   "haematoxylin": p * p}.get(self.target)
         self.decoder = MaskedDecoder(self.encoder.embed_dim, grid, p, m.decoder_dim, m.decoder_depth, m.decoder_heads,
                                      m.pos_embed, init=m.init, out_dim=out_dim)
         self.target_norm = cfg.method.target_norm
@@ -92,10 +97,22 @@ class MAE(Method):
             per_patch = self.teacher(images)
         elif self.target == "hog":
             per_patch = hog_patches(images * self.pixel_std + self.pixel_mean, self.encoder.patch_size)
+        elif self.target in ("gray", "haematoxylin"):
+            per_patch = patchify(self.one_channel(images), self.encoder.patch_size)
         else:
             per_patch = self.pixel_patches(images)
         masked = torch.gather(per_patch, 1, ids_mask[..., None].expand(-1, -1, per_patch.shape[-1]))
-        return normalize_targets(masked, self.target_norm) if self.target == "pixels" else masked
+        if self.target not in PIXEL_TARGETS:
+            return masked
+        return normalize_targets(masked, self.target_norm, PIXEL_TARGETS[self.target])
+
+    def one_channel(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> (B, 1, H, W) grey level in [0, 1] or haematoxylin optical density (about 0 to 1.5):
+        targets that carry the tissue's structure but not the colour of its stain, which shifts between slides."""
+        rgb = (images.float() * self.pixel_std + self.pixel_mean).clamp(0.0, 1.0)
+        if self.target == "gray":
+            return torch.einsum("bchw,c->bhw", rgb, rgb.new_tensor(LUMA))[:, None]
+        return rgb_to_hed(rgb)[:, :1] * LOG_ADJUST  # scikit-image's concentration units -> optical density
 
     def encode_decode(self, images: torch.Tensor, mask: torch.Tensor, num_mask: int | None = None):
         """`num_mask`: the masks' count when known (training); None reads it from `mask` (any ratio)."""
