@@ -67,8 +67,8 @@ class MAE(Method):
         self.can_reconstruct = self.target == "pixels"  # other decoders predict no pixels to picture
         if self.target == "random_features":  # a copy of the random draw, before any step
             self.teacher = RandomTeacher(self.encoder, cfg.method.target_block)
-        out_dim = {"hog": hog_dim(p), "random_features": self.encoder.embed_dim, "gray": p * p,
-                   "haematoxylin": p * p}.get(self.target)
+        out_dim = (p * p * PIXEL_TARGETS[self.target] if self.target in PIXEL_TARGETS
+                   else {"hog": hog_dim(p), "random_features": self.encoder.embed_dim}[self.target])
         self.decoder = MaskedDecoder(self.encoder.embed_dim, grid, p, m.decoder_dim, m.decoder_depth, m.decoder_heads,
                                      m.pos_embed, init=m.init, out_dim=out_dim)
         self.target_norm = cfg.method.target_norm
