@@ -80,13 +80,17 @@ class MAE(Method):
     def sample_fn(self) -> MaskedSampleFn:
         return MaskedSampleFn(self.cfg, self.encoder.num_patches)
 
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> [0, 1] pixels, on which the pixel, grey, haematoxylin and HOG targets are computed."""
+        return images * self.pixel_std + self.pixel_mean
+
     def pixel_patches(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images -> their patches in [0, 1] pixels (B, N, p*p*3), as the official code targets them:
         the per-patch normalisation's 1e-6 then acts on pixel scale, whatever the input normalisation."""
-        return patchify(images * self.pixel_std + self.pixel_mean, self.encoder.patch_size)
+        return patchify(self.to_pixels(images), self.encoder.patch_size)
 
     def to_input_space(self, patches: torch.Tensor) -> torch.Tensor:
-        """Inverse of the un-normalisation in `pixel_patches`, for patches (B, K, p*p*3) in (y, x, c) order."""
+        """Inverse of `to_pixels`, for patches (B, K, p*p*3) in (y, x, c) order."""
         p2 = self.encoder.patch_size ** 2
         return (patches - self.pixel_mean.flatten().repeat(p2)) / self.pixel_std.flatten().repeat(p2)
 
@@ -96,7 +100,7 @@ class MAE(Method):
         if self.target == "random_features":
             per_patch = self.teacher(images)
         elif self.target == "hog":
-            per_patch = hog_patches(images * self.pixel_std + self.pixel_mean, self.encoder.patch_size)
+            per_patch = hog_patches(self.to_pixels(images), self.encoder.patch_size)
         elif self.target in ("gray", "haematoxylin"):
             per_patch = patchify(self.one_channel(images), self.encoder.patch_size)
         else:
@@ -109,7 +113,7 @@ class MAE(Method):
     def one_channel(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images -> (B, 1, H, W) grey level in [0, 1] or haematoxylin optical density (about 0 to 1.5):
         targets that carry the tissue's structure but not the colour of its stain, which shifts between slides."""
-        rgb = (images.float() * self.pixel_std + self.pixel_mean).clamp(0.0, 1.0)
+        rgb = self.to_pixels(images.float()).clamp(0.0, 1.0)
         if self.target == "gray":
             return torch.einsum("bchw,c->bhw", rgb, rgb.new_tensor(LUMA))[:, None]
         return rgb_to_hed(rgb)[:, :1] * LOG_ADJUST  # scikit-image's concentration units -> optical density
