@@ -67,6 +67,9 @@ class MethodConfig:
     center_momentum: float = 0.9
     center_on: str = "probs"  # "probs" (official code) or "logits" (DINO)
     teacher_stop_grad: bool = False  # official code: gradients flow through the teacher branch too
+    # "same" (official): the student is the encoder on the decoder's view; "stain": on the same crop and visible
+    # patches with data.aug's stain and colour jitter, while the reconstruction reads the crop without it
+    sd_view: str = "same"
     target_norm: str = "per_channel"  # "per_channel" (official code), "joint" (MAE) or "none"; pixel-valued targets
     # masked patches' targets: "pixels" (paper), "gray" / "haematoxylin" (one channel), "hog" (MaskFeat),
     # "random_features" (dBOT)
@@ -207,6 +210,7 @@ def validate(cfg: Config) -> None:
         "model.init": ("official", "mae"),
         "method.name": ("sdmae", "mae", "mocov3", "dino"),
         "method.center_on": ("probs", "logits"),
+        "method.sd_view": ("same", "stain"),
         "method.target_norm": ("per_channel", "joint", "none"),
         "method.target": ("pixels", "gray", "haematoxylin", "hog", "random_features"),
         "data.aug.crop": ("official", "mae", "none"),
@@ -227,6 +231,9 @@ def validate(cfg: Config) -> None:
     _validate_lists(cfg)
     _validate_views(cfg.method)
     _validate_unused_keys(cfg.method)
+    if cfg.method.sd_view == "stain" and not (cfg.data.aug.hed_jitter > 0 or cfg.data.aug.color_jitter > 0):
+        raise ConfigError("config key 'method.sd_view' stain needs a stain or colour jitter to teach across: set "
+                          "data.aug.hed_jitter or data.aug.color_jitter above 0")
 
 
 def _validate_unused_keys(m: MethodConfig) -> None:
@@ -237,6 +244,9 @@ def _validate_unused_keys(m: MethodConfig) -> None:
     if m.target_block and m.target != "random_features":
         raise ConfigError("config key 'method.target_block' is used only with method.target random_features; "
                           f"method.target is {m.target}")
+    if m.sd_view != "same" and (m.name != "sdmae" or m.p == 0):
+        raise ConfigError(f"config key 'method.sd_view' {m.sd_view} is used only by method.name sdmae with "
+                          f"method.p > 0; here method.name is {m.name} and method.p {m.p}")
     if m.frozen_blocks and m.name not in ("sdmae", "mae"):
         raise ConfigError(f"config key 'method.frozen_blocks' is not used by method.name {m.name}; "
                           "it works with sdmae and mae")

@@ -105,20 +105,23 @@ def finish_with_twin(images: torch.Tensor, aug: AugConfig, params: Optional[torc
     return x, x if twin else None
 
 
-def clean_targets(aug: AugConfig) -> bool:
-    """Whether "image" needs a colour-unjittered twin, "image_clean", as the reconstruction targets."""
-    return not aug.jitter_targets and (aug.hed_jitter > 0 or aug.color_jitter > 0)
+def needs_clean_twin(cfg: Config) -> bool:
+    """Whether "image" needs a colour-unjittered twin, "image_clean": as the reconstruction targets
+    (`data.aug.jitter_targets=false`), or as the view the SD-MAE teacher reads (`method.sd_view=stain`)."""
+    aug = cfg.data.aug
+    jitter = aug.hed_jitter > 0 or aug.color_jitter > 0
+    return jitter and (not aug.jitter_targets or cfg.method.sd_view == "stain")
 
 
 def move_batch(batch: dict, device: torch.device, cfg: Config, crops: bool = False) -> dict:
     """Moves tensors to the device and normalises every uint8 image field (..., 3, H, W): "image", or a
     multi-view method's "views" / "local". `crops`: the batch holds whole tiles (the device-crop path).
-    With `data.aug.jitter_targets=false` "image_clean" is "image" with the same geometry and no colour jitter."""
+    With `needs_clean_twin`, "image_clean" is "image" with the same geometry and no colour jitter."""
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     aug, size = cfg.data.aug, cfg.model.img_size
     for k, v in list(out.items()):
         if torch.is_tensor(v) and v.dtype == torch.uint8 and v.ndim >= 4 and v.shape[-3] == 3:
-            twin = k == "image" and clean_targets(aug)
+            twin = k == "image" and needs_clean_twin(cfg)
             out[k], plain = finish_with_twin(v, aug, out.get(f"{k}_aug"), size, crops, twin)
             if twin:
                 out["image_clean"] = plain

@@ -9,6 +9,7 @@ from sdmae.methods.base import loss_precision
 from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.ema import update_center
 from sdmae.methods.mae import MAE
+from sdmae.methods.masking import split_ids
 from sdmae.models import DINOHead
 
 
@@ -39,11 +40,14 @@ class SDMAE(MAE):
         return self.s.p == 0 or self.s.teacher_stop_grad
 
     def forward(self, batch: dict) -> dict:
-        z, h, loss_rec, parts = self.reconstruction(batch)
+        z, h, loss_rec, parts = self.reconstruction(self.decoder_view(batch))
         out = dict(parts)
         if self.s.p == 0:
             out["loss"] = loss_rec
             return out
+        if self.s.sd_view == "stain":  # the student: the same visible patches, stain-jittered
+            ids_keep, _ = split_ids(batch["mask"], self.num_mask)
+            z = self.encoder.forward_visible(batch["image"], ids_keep)
         student = loss_precision(self.student_head.forward_mean(z, self.s.head_shortcut))
         teacher = loss_precision(self.teacher_head.forward_mean(h, self.s.head_shortcut))
         if self.s.teacher_stop_grad:  # paper text / DINO: no gradient through the teacher branch at all
@@ -55,3 +59,11 @@ class SDMAE(MAE):
         out["loss_sd"] = loss_sd.detach()
         out.update(collapse_stats(probs.detach(), log_q.detach(), z.detach().mean(dim=1)))
         return out
+
+    def decoder_view(self, batch: dict) -> dict:
+        """What the reconstruction reads. `sd_view=stain`: the crop without stain and colour jitter, as input and
+        target, so that the teacher (decoder features of the clean view) asks the student (encoder on the
+        jittered view) for features that do not change with the stain; the paper's term compares one view."""
+        if self.s.sd_view != "stain":
+            return batch
+        return {"image": batch["image_clean"], "mask": batch["mask"]}
