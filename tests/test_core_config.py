@@ -125,3 +125,14 @@ def test_a_renamed_key_is_read_from_old_checkpoints_and_named_in_new_input():
     assert diff_training_keys(old, to_dict(load_config(overrides=["train.knn_val=val.csv"]))) == []
     with pytest.raises(ConfigError, match="'train.knn_test' was renamed 'train.knn_val'"):
         load_config(overrides=["train.knn_test=val.csv"])
+
+
+def test_a_run_saved_before_a_key_existed_resumes_at_that_keys_default():
+    """Upgrading sdmae mid-run: the checkpoint's config lacks a key added since, which then reads as its default;
+    set to anything else, the key is a difference and the resume is refused."""
+    old = to_dict(load_config())
+    old["method"].pop("sd_view")
+    assert diff_training_keys(old, to_dict(load_config())) == []
+    stain = load_config(overrides=["data.aug.hed_jitter=0.1", "method.sd_view=stain"])
+    old["data"]["aug"]["hed_jitter"] = 0.1
+    assert diff_training_keys(old, to_dict(stain)) == ["method.sd_view"]

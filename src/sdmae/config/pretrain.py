@@ -314,8 +314,10 @@ RESUME_FREE_KEYS = {
 
 
 def diff_training_keys(old: dict, new: dict) -> list[str]:
-    """Keys whose values differ between two configs, ignoring RESUME_FREE_KEYS."""
-    a, b = flatten(migrate(old)), flatten(migrate(new))
+    """Keys whose values differ between two configs, ignoring RESUME_FREE_KEYS. A key that a config saved by an
+    older sdmae lacks reads as its default: new keys default to the behaviour that came before them."""
+    defaults = flatten(to_dict(Config()))
+    a, b = {**defaults, **flatten(migrate(old))}, {**defaults, **flatten(migrate(new))}
     return sorted(k for k in set(a) | set(b) if k not in RESUME_FREE_KEYS and a.get(k) != b.get(k))
 
 
