@@ -192,3 +192,19 @@ def test_a_stopped_teacher_gradient_trains_under_two_processes(tiles, tmp_path):
     head = [k for k in ck["model"] if k.startswith("teacher_head.")]
     assert head and all(torch.equal(ck["model"][k], fresh[k]) for k in head)
     assert not torch.equal(ck["model"]["student_head.mlp.0.weight"], fresh["student_head.mlp.0.weight"])
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_the_stain_view_term_trains_under_two_processes(tiles, tmp_path):
+    """`method.sd_view=stain` runs the encoder twice per step (clean and jittered copies) and, with a stopped
+    teacher gradient, leaves the teacher head unused: DDP must take both, and the student head must learn."""
+    out = tmp_path / "sv"
+    r = launch(pretrain_args(tiles, out, 4, "method.sd_view=stain", "method.teacher_stop_grad=true",
+                             "data.aug.hed_jitter=0.1", "train.max_steps=3"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = weights(out)
+    assert ck["step"] == 3 and ck["config"]["method"]["sd_view"] == "stain"
+    torch.manual_seed(3)
+    fresh = build_method(load_config(None, [*TINY, "data.aug.hed_jitter=0.1", "method.sd_view=stain"])).state_dict()
+    assert not torch.equal(ck["model"]["student_head.mlp.0.weight"], fresh["student_head.mlp.0.weight"])
