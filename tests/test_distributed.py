@@ -207,4 +207,6 @@ def test_the_stain_view_term_trains_under_two_processes(tiles, tmp_path):
     assert ck["step"] == 3 and ck["config"]["method"]["sd_view"] == "stain"
     torch.manual_seed(3)
     fresh = build_method(load_config(None, [*TINY, "data.aug.hed_jitter=0.1", "method.sd_view=stain"])).state_dict()
+    head = [k for k in ck["model"] if k.startswith("teacher_head.")]  # no gradient: still the initial draw
+    assert head and all(torch.equal(ck["model"][k], fresh[k]) for k in head)
     assert not torch.equal(ck["model"]["student_head.mlp.0.weight"], fresh["student_head.mlp.0.weight"])
