@@ -107,6 +107,11 @@ class AugConfig:
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
+    @property
+    def jitters_colour(self) -> bool:
+        """Whether any stain or colour jitter is on."""
+        return self.hed_jitter > 0 or self.color_jitter > 0
+
 
 @dataclass
 class DataConfig:
@@ -231,7 +236,18 @@ def validate(cfg: Config) -> None:
     _validate_lists(cfg)
     _validate_views(cfg.method)
     _validate_unused_keys(cfg.method)
-    if cfg.method.sd_view == "stain" and not (cfg.data.aug.hed_jitter > 0 or cfg.data.aug.color_jitter > 0):
+    _validate_sd_view(cfg)
+
+
+def _validate_sd_view(cfg: Config) -> None:
+    """`method.sd_view=stain` needs SD-MAE's term and a jitter to teach across."""
+    m = cfg.method
+    if m.sd_view == "same":
+        return
+    if m.name != "sdmae" or m.p == 0:
+        raise ConfigError(f"config key 'method.sd_view' {m.sd_view} is used only by method.name sdmae with "
+                          f"method.p > 0; here method.name is {m.name} and method.p {m.p}")
+    if not cfg.data.aug.jitters_colour:
         raise ConfigError("config key 'method.sd_view' stain needs a stain or colour jitter to teach across: set "
                           "data.aug.hed_jitter or data.aug.color_jitter above 0")
 
@@ -244,9 +260,6 @@ def _validate_unused_keys(m: MethodConfig) -> None:
     if m.target_block and m.target != "random_features":
         raise ConfigError("config key 'method.target_block' is used only with method.target random_features; "
                           f"method.target is {m.target}")
-    if m.sd_view != "same" and (m.name != "sdmae" or m.p == 0):
-        raise ConfigError(f"config key 'method.sd_view' {m.sd_view} is used only by method.name sdmae with "
-                          f"method.p > 0; here method.name is {m.name} and method.p {m.p}")
     if m.frozen_blocks and m.name not in ("sdmae", "mae"):
         raise ConfigError(f"config key 'method.frozen_blocks' is not used by method.name {m.name}; "
                           "it works with sdmae and mae")

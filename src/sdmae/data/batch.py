@@ -63,7 +63,7 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 
 def needs_augment(aug: AugConfig, crops: bool) -> bool:
     """Whether the device has work left beyond normalising: the geometry of device-cropped tiles, or colour."""
-    return crops or aug.hed_jitter > 0 or aug.color_jitter > 0
+    return crops or aug.jitters_colour
 
 
 def augment(images: torch.Tensor, params: torch.Tensor, aug: AugConfig, size: int, crops: bool,
@@ -109,8 +109,7 @@ def needs_clean_twin(cfg: Config) -> bool:
     """Whether "image" needs a colour-unjittered twin, "image_clean": as the reconstruction targets
     (`data.aug.jitter_targets=false`), or as the view the SD-MAE teacher reads (`method.sd_view=stain`)."""
     aug = cfg.data.aug
-    jitter = aug.hed_jitter > 0 or aug.color_jitter > 0
-    return jitter and (not aug.jitter_targets or cfg.method.sd_view == "stain")
+    return aug.jitters_colour and (not aug.jitter_targets or cfg.method.sd_view == "stain")
 
 
 def move_batch(batch: dict, device: torch.device, cfg: Config, crops: bool = False) -> dict:
