@@ -51,7 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", nargs="+", required=True)
     ap.add_argument("--test", nargs="+", required=True)
-    ap.add_argument("--random", default="vit_tiny_patch16:96:3", help="NAME:IMG_SIZE:SEEDS of random weights (SEEDS 0: none)")
+    ap.add_argument("--random", default="vit_tiny_patch16:96:3",
+                    help="NAME:IMG_SIZE:SEEDS of random weights (SEEDS 0: none)")
     ap.add_argument("--ckpt", nargs="*", default=[])
     a = ap.parse_args()
     name, size, seeds = a.random.split(":")
