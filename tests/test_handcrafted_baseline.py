@@ -1,0 +1,66 @@
+"""benchmarks/handcrafted_baseline.py: LBP texture features tell apart tiles whose colour says nothing of the class."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+from sdmae.config import load_eval_config
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "handcrafted_baseline.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("handcrafted_baseline", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tiles(rng, n: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Class 0 smooth blobs, class 1 fine grain, both with the same contrast; a random tint and brightness per tile."""
+    y = rng.integers(0, 2, n)
+    tiles = []
+    for label in y:
+        noise = gaussian_filter(rng.normal(size=(32, 32)), sigma=2.0 if label == 0 else 0.5)
+        noise = (noise - noise.mean()) / noise.std()
+        tint = rng.uniform(0.3, 0.7, 3)
+        tiles.append(np.clip((tint + 0.1 * noise[..., None]) * 255, 0, 255).astype(np.uint8))
+    return tiles, y
+
+
+def _table(mod, tiles):
+    rows = [mod.tile_features(t) for t in tiles]
+    return {g: np.stack([r[g] for r in rows]) for g in rows[0]}
+
+
+def test_texture_finds_the_class_that_colour_misses():
+    mod, rng, ecfg = _module(), np.random.default_rng(0), load_eval_config([])
+    (a, ya), (b, yb) = _tiles(rng, 120), _tiles(rng, 120)
+    ta, tb = _table(mod, a), _table(mod, b)
+    assert ta["colour"].shape == (120, 6) and ta["stain"].shape == (120, 7) and ta["texture"].shape == (120, 56)
+    colour = mod.probe(mod.columns(ta, "colour"), ya, mod.columns(tb, "colour"), yb, 2, ecfg)
+    texture = mod.probe(mod.columns(ta, "texture"), ya, mod.columns(tb, "texture"), yb, 2, ecfg)
+    assert max(colour.values()) < 0.7, colour
+    assert min(texture.values()) > 0.95, texture
+    assert mod.columns(ta, "colour+texture").shape == (120, 62)
+    sizes = [n + 2 for n, _ in mod.LBP_SCALES] * 2  # grey, then haematoxylin, at each scale
+    for hist in np.split(ta["texture"], np.cumsum(sizes)[:-1], axis=1):
+        assert np.allclose(hist.sum(1), 1.0)
+
+
+
+def test_lbp_target_histograms_match_scikit_image():
+    """benchmarks/lbp_target_run.py's torch LBP (a reconstruction target) against scikit-image's codes, on the
+    middle patch of a 48 px image (the edges are padded differently)."""
+    from skimage.feature import local_binary_pattern
+    spec = importlib.util.spec_from_file_location("lbp_target_run", SCRIPT.parent / "lbp_target_run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    img = np.round(gaussian_filter(np.random.default_rng(1).uniform(0, 255, (48, 48)), 1.0))
+    for radius in run.RADII:
+        codes = local_binary_pattern(img.astype(np.uint8), 8, radius, method="uniform").astype(int)[16:32, 16:32]
+        got = run.lbp_histograms(torch.tensor(img)[None, None], radius, 16)
+        assert got.shape == (1, 9, run.BINS)
+        np.testing.assert_allclose(got[0, 4].numpy(), np.bincount(codes.ravel(), minlength=run.BINS) / 256)
