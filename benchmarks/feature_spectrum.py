@@ -6,7 +6,9 @@ would show it, and a regulariser that spreads the variance (KoLeo, VICReg) would
 encoder this prints the spectrum of its training features (share of the first and first five principal
 components, effective rank = exp of the entropy of the normalised spectrum) and sdmae's kNN (k 20, T 0.07)
 on the features as they are, whitened on their first 64 components, with the first 1 or 3 components
-removed, and with every dimension standardised. All statistics come from the training tiles.
+removed, and with every dimension standardised. All statistics come from the training tiles. Last column: the
+share of the training features' variance that a linear map of each tile's six colour statistics (mean and std
+of R, G, B) explains; near 1, the features are mostly the tile's colour, whatever else they hold.
 
     python benchmarks/feature_spectrum.py --train TRAIN --test TEST [--random NAME:SIZE:SEEDS] [--ckpt CKPT...]
 
@@ -19,7 +21,9 @@ import argparse
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
+from sdmae.config import load_config
 from sdmae.eval.frozen import load_frozen, options
+from sdmae.eval.labelled import open_split
 from sdmae.eval.knn import knn_probs
 from sdmae.eval.run import EncoderSpec
 
@@ -47,6 +51,24 @@ def spectrum_row(x_train, y_train, x_test, y_test) -> dict:
     return row
 
 
+def colour_statistics(split: list[str]) -> np.ndarray:
+    """(N, 6) mean and std of R, G, B in [0, 1] of every tile of a split, in sdmae eval's order."""
+    source = open_split(split, load_config().data, "--train")
+    rows = []
+    for i in range(len(source)):
+        a = np.asarray(source.read(i).convert("RGB"), dtype=np.float64) / 255.0
+        rows.append(np.concatenate([a.mean((0, 1)), a.std((0, 1))]))
+    return np.stack(rows)
+
+
+def colour_share(x: np.ndarray, colour: np.ndarray) -> float:
+    """R^2 of the least-squares linear map (with intercept) from the colour statistics to the features."""
+    a = x - x.mean(0)
+    design = np.column_stack([colour, np.ones(len(colour))])
+    coef, *_ = np.linalg.lstsq(design, a, rcond=None)
+    return 1.0 - ((a - design @ coef) ** 2).sum() / (a ** 2).sum()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", nargs="+", required=True)
@@ -60,11 +82,15 @@ def main() -> None:
     encoders = [(f"random seed {r}", spec.load(r)) for r in range(int(seeds))]
     encoders += [(c, EncoderSpec(ckpt=c).load()) for c in a.ckpt]
     ecfg, cfg = options([])
-    cols = ["pc1", "pc1_5", "erank", "knn", "whitened64", "drop1", "drop3", "standardised"]
+    colour = colour_statistics(a.train)
+    cols = ["pc1", "pc1_5", "erank", "knn", "whitened64", "drop1", "drop3", "standardised", "colour_r2"]
     print("| encoder | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
     for label, enc in encoders:
         d = load_frozen(enc, a.train, a.test, None, ecfg, cfg)
         row = spectrum_row(d.x_train.astype(np.float64), d.y_train, d.x_test.astype(np.float64), d.y_test)
+        if len(colour) != len(d.x_train):
+            raise SystemExit(f"{label}: {len(d.x_train)} training features for {len(colour)} tiles (unreadable tiles?)")
+        row["colour_r2"] = colour_share(d.x_train.astype(np.float64), colour)
         print(f"| {label} | " + " | ".join(f"{row[c]:.3f}" if c != "erank" else f"{row[c]:.1f}" for c in cols) + " |",
               flush=True)
 

@@ -30,3 +30,11 @@ def test_weak_direction_signal_is_found_by_whitening_and_not_by_knn():
     assert row["knn"] < 0.7  # the colour direction decides the neighbours
     for key in ("whitened64", "drop3", "standardised"):
         assert row[key] > 0.95, key
+
+
+def test_colour_share_is_one_for_features_made_of_colour_and_zero_for_unrelated_ones():
+    mod, rng = _module(), np.random.default_rng(1)
+    colour = rng.uniform(0, 1, (300, 6))
+    made_of_colour = colour @ rng.normal(size=(6, 32)) + 3.0
+    assert mod.colour_share(made_of_colour, colour) > 0.999
+    assert mod.colour_share(rng.normal(size=(300, 32)), colour) < 0.05
