@@ -1,6 +1,7 @@
-"""Shared fixtures: where the licensed test data lives (skip with a reason when it is absent)."""
+"""Shared fixtures: where the licensed test data lives (skip with a reason when it is absent), benchmark scripts."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -84,3 +85,14 @@ def tiny_overrides() -> list[str]:
     return ["model.name=vit_tiny_patch16", "model.img_size=32", "model.decoder_depth=1",
             "model.head_hidden_dim=64", "model.head_bottleneck_dim=32", "model.head_out_dim=128",
             "data.batch_size=4", "data.num_workers=0", "train.device=cpu", "train.seed=0"]
+
+
+@pytest.fixture(scope="session")
+def benchmark():
+    """benchmark("feature_spectrum") -> benchmarks/feature_spectrum.py loaded as a module (scripts, not a package)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -1,17 +1,5 @@
 """benchmarks/feature_spectrum.py: re-weighting the directions finds class signal that a strong direction hides."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "feature_spectrum.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("feature_spectrum", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _features(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -22,18 +10,18 @@ def _features(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def test_weak_direction_signal_is_found_by_whitening_and_not_by_knn():
+def test_weak_direction_signal_is_found_by_whitening_and_not_by_knn(benchmark):
     rng = np.random.default_rng(0)
     (xa, ya), (xb, yb) = _features(rng, 400), _features(rng, 400)
-    row = _module().spectrum_row(xa, ya, xb, yb)
+    row = benchmark("feature_spectrum").spectrum_row(xa, ya, xb, yb)
     assert row["pc1_5"] > 0.95 and row["erank"] < 3.5
     assert row["knn"] < 0.7  # the colour direction decides the neighbours
     for key in ("whitened64", "drop3", "standardised"):
         assert row[key] > 0.95, key
 
 
-def test_colour_share_is_one_for_features_made_of_colour_and_zero_for_unrelated_ones():
-    mod, rng = _module(), np.random.default_rng(1)
+def test_colour_share_is_one_for_features_made_of_colour_and_zero_for_unrelated_ones(benchmark):
+    mod, rng = benchmark("feature_spectrum"), np.random.default_rng(1)
     colour = rng.uniform(0, 1, (300, 6))
     made_of_colour = colour @ rng.normal(size=(6, 32)) + 3.0
     assert mod.colour_share(made_of_colour, colour) > 0.999

@@ -1,21 +1,9 @@
 """benchmarks/handcrafted_baseline.py: LBP texture features tell apart tiles whose colour says nothing of the class."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
 from sdmae.config import load_eval_config
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "handcrafted_baseline.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("handcrafted_baseline", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _tiles(rng, n: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -35,8 +23,8 @@ def _table(mod, tiles):
     return {g: np.stack([r[g] for r in rows]) for g in rows[0]}
 
 
-def test_texture_finds_the_class_that_colour_misses():
-    mod, rng, ecfg = _module(), np.random.default_rng(0), load_eval_config([])
+def test_texture_finds_the_class_that_colour_misses(benchmark):
+    mod, rng, ecfg = benchmark("handcrafted_baseline"), np.random.default_rng(0), load_eval_config([])
     (a, ya), (b, yb) = _tiles(rng, 120), _tiles(rng, 120)
     ta, tb = _table(mod, a), _table(mod, b)
     assert ta["colour"].shape == (120, 6) and ta["stain"].shape == (120, 7) and ta["texture"].shape == (120, 56)
@@ -50,14 +38,11 @@ def test_texture_finds_the_class_that_colour_misses():
         assert np.allclose(hist.sum(1), 1.0)
 
 
-
-def test_lbp_target_histograms_match_scikit_image():
+def test_lbp_target_histograms_match_scikit_image(benchmark):
     """benchmarks/lbp_target_run.py's torch LBP (a reconstruction target) against scikit-image's codes, on the
     middle patch of a 48 px image (the edges are padded differently)."""
     from skimage.feature import local_binary_pattern
-    spec = importlib.util.spec_from_file_location("lbp_target_run", SCRIPT.parent / "lbp_target_run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = benchmark("lbp_target_run")
     img = np.round(gaussian_filter(np.random.default_rng(1).uniform(0, 255, (48, 48)), 1.0))
     for radius in run.RADII:
         codes = local_binary_pattern(img.astype(np.uint8), 8, radius, method="uniform").astype(int)[16:32, 16:32]
