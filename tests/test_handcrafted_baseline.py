@@ -1,6 +1,5 @@
 """benchmarks/handcrafted_baseline.py: LBP texture features tell apart tiles whose colour says nothing of the class."""
 import numpy as np
-import torch
 from scipy.ndimage import gaussian_filter
 
 from sdmae.config import load_eval_config
@@ -36,16 +35,3 @@ def test_texture_finds_the_class_that_colour_misses(benchmark):
     sizes = [n + 2 for n, _ in mod.LBP_SCALES] * 2  # grey, then haematoxylin, at each scale
     for hist in np.split(ta["texture"], np.cumsum(sizes)[:-1], axis=1):
         assert np.allclose(hist.sum(1), 1.0)
-
-
-def test_lbp_target_histograms_match_scikit_image(benchmark):
-    """benchmarks/lbp_target_run.py's torch LBP (a reconstruction target) against scikit-image's codes, on the
-    middle patch of a 48 px image (the edges are padded differently)."""
-    from skimage.feature import local_binary_pattern
-    run = benchmark("lbp_target_run")
-    img = np.round(gaussian_filter(np.random.default_rng(1).uniform(0, 255, (48, 48)), 1.0))
-    for radius in run.RADII:
-        codes = local_binary_pattern(img.astype(np.uint8), 8, radius, method="uniform").astype(int)[16:32, 16:32]
-        got = run.lbp_histograms(torch.tensor(img)[None, None], radius, 16)
-        assert got.shape == (1, 9, run.BINS)
-        np.testing.assert_allclose(got[0, 4].numpy(), np.bincount(codes.ravel(), minlength=run.BINS) / 256)
