@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 import numpy as np
 from skimage.color import rgb2gray, rgb2hed
@@ -59,19 +60,18 @@ def tile_features(rgb: np.ndarray) -> dict[str, np.ndarray]:
             "texture": np.concatenate(texture)}
 
 
-def _read_features(args) -> dict[str, np.ndarray]:
-    source, i = args
+def _read_features(source, i: int) -> dict[str, np.ndarray]:
     return tile_features(np.asarray(source.read(i).convert("RGB")))
 
 
 def feature_table(source, workers: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """{group: (N, D)} for every tile of a labelled source, and its labels."""
-    jobs = [(source, i) for i in range(len(source))]
+    read = partial(_read_features, source)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            rows = list(pool.map(_read_features, jobs, chunksize=64))
+            rows = list(pool.map(read, range(len(source)), chunksize=64))
     else:
-        rows = [_read_features(j) for j in jobs]
+        rows = [read(i) for i in range(len(source))]
     return {g: np.stack([r[g] for r in rows]) for g in rows[0]}, labels_of(source)
 
 
