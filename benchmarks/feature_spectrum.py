@@ -21,6 +21,7 @@ import argparse
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
+from handcrafted_baseline import colour_statistics  # a sibling script: benchmarks/ is on sys.path
 from sdmae.config import load_config
 from sdmae.eval.frozen import load_frozen, options
 from sdmae.eval.labelled import open_split
@@ -51,14 +52,10 @@ def spectrum_row(x_train, y_train, x_test, y_test) -> dict:
     return row
 
 
-def colour_statistics(split: list[str]) -> np.ndarray:
-    """(N, 6) mean and std of R, G, B in [0, 1] of every tile of a split, in sdmae eval's order."""
+def tile_colours(split: list[str]) -> np.ndarray:
+    """(N, 6) colour statistics of every tile of a split (handcrafted_baseline's), in sdmae eval's order."""
     source = open_split(split, load_config().data, "--train")
-    rows = []
-    for i in range(len(source)):
-        a = np.asarray(source.read(i).convert("RGB"), dtype=np.float64) / 255.0
-        rows.append(np.concatenate([a.mean((0, 1)), a.std((0, 1))]))
-    return np.stack(rows)
+    return np.stack([colour_statistics(np.asarray(source.read(i).convert("RGB"))) for i in range(len(source))])
 
 
 def colour_share(x: np.ndarray, colour: np.ndarray) -> float:
@@ -82,7 +79,7 @@ def main() -> None:
     encoders = [(f"random seed {r}", spec.load(r)) for r in range(int(seeds))]
     encoders += [(c, EncoderSpec(ckpt=c).load()) for c in a.ckpt]
     ecfg, cfg = options([])
-    colour = colour_statistics(a.train)
+    colour = tile_colours(a.train)
     cols = ["pc1", "pc1_5", "erank", "knn", "whitened64", "drop1", "drop3", "standardised", "colour_r2"]
     print("| encoder | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
     for label, enc in encoders:

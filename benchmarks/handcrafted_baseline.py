@@ -49,13 +49,19 @@ def lbp_histogram(channel: np.ndarray, neighbours: int, radius: int) -> np.ndarr
     return np.bincount(codes.ravel(), minlength=neighbours + 2) / codes.size
 
 
+def colour_statistics(rgb: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) uint8 tile -> the mean and std of R, G, B in [0, 1] (6 numbers)."""
+    a = rgb.astype(np.float64) / 255.0
+    return np.concatenate([a.mean((0, 1)), a.std((0, 1))])
+
+
 def tile_features(rgb: np.ndarray) -> dict[str, np.ndarray]:
     """An (H, W, 3) uint8 tile -> its colour (6), stain (7) and texture (56) statistics."""
     a = rgb.astype(np.float64) / 255.0
     hed = rgb2hed(a)
     haem, eosin = hed[..., 0], hed[..., 1]
     texture = [lbp_histogram(c, n, r) for c in (rgb2gray(a), haem) for n, r in LBP_SCALES]
-    return {"colour": np.concatenate([a.mean((0, 1)), a.std((0, 1))]),
+    return {"colour": colour_statistics(rgb),
             "stain": np.array([haem.mean(), haem.std(), *np.percentile(haem, [10, 50, 90]), eosin.mean(), eosin.std()]),
             "texture": np.concatenate(texture)}
 

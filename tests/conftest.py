@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 # One thread per process: the models here are tiny, several tests start 2 processes on a 2-core machine, and
@@ -90,6 +91,10 @@ def tiny_overrides() -> list[str]:
 @pytest.fixture(scope="session")
 def benchmark():
     """benchmark("feature_spectrum") -> benchmarks/feature_spectrum.py loaded as a module (scripts, not a package)."""
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:  # as when a script runs: its siblings import each other
+        sys.path.insert(0, folder)
+
     def load(name: str):
         spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
