@@ -61,7 +61,11 @@ def token_grid(model, encoder, source, mode: str, interpolation: str, batch: int
     mean, std = normalisation(encoder)
     images, out = EvalImages(source, size, interpolation), []
     for start in range(0, len(images), batch):
-        x = torch.stack([images[i]["image"] for i in range(start, min(start + batch, len(images)))])
+        items = [images[i] for i in range(start, min(start + batch, len(images)))]
+        bad = next((it["error"] for it in items if it["error"]), None)
+        if bad:  # sdmae eval drops such tiles; here they would enter the probes as black tiles
+            raise SystemExit(f"unreadable tile: {bad}")
+        x = torch.stack([it["image"] for it in items])
         t = model.forward_features(encoder_input(x, mode, mean, std))[:, model.num_prefix_tokens:]
         g = int(round(t.shape[1] ** 0.5))
         out.append(t.reshape(len(x), g, g, -1).numpy())
