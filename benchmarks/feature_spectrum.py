@@ -66,6 +66,14 @@ def colour_share(x: np.ndarray, colour: np.ndarray) -> float:
     return 1.0 - ((a - design @ coef) ** 2).sum() / (a ** 2).sum()
 
 
+def named_encoders(random: str, ckpts: list[str]) -> list:
+    """(label, encoder) for `--random NAME:IMG_SIZE:SEEDS` (one draw per seed) and each `--ckpt`."""
+    name, size, seeds = random.split(":")
+    spec = EncoderSpec(init="random", overrides=[f"model.name={name}", f"model.img_size={size}"])
+    return [(f"random seed {r}", spec.load(r)) for r in range(int(seeds))] + [(c, EncoderSpec(ckpt=c).load())
+                                                                             for c in ckpts]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", nargs="+", required=True)
@@ -74,10 +82,7 @@ def main() -> None:
                     help="NAME:IMG_SIZE:SEEDS of random weights (SEEDS 0: none)")
     ap.add_argument("--ckpt", nargs="*", default=[])
     a = ap.parse_args()
-    name, size, seeds = a.random.split(":")
-    spec = EncoderSpec(init="random", overrides=[f"model.name={name}", f"model.img_size={size}"])
-    encoders = [(f"random seed {r}", spec.load(r)) for r in range(int(seeds))]
-    encoders += [(c, EncoderSpec(ckpt=c).load()) for c in a.ckpt]
+    encoders = named_encoders(a.random, a.ckpt)
     ecfg, cfg = options([])
     colour = tile_colours(a.train)
     cols = ["pc1", "pc1_5", "erank", "knn", "whitened64", "drop1", "drop3", "standardised", "colour_r2"]

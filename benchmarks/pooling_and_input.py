@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from handcrafted_baseline import probe  # a sibling script: benchmarks/ is on sys.path
+from feature_spectrum import named_encoders  # sibling scripts: benchmarks/ is on sys.path
+from handcrafted_baseline import probe
 from sdmae.config import load_config, load_eval_config
 from sdmae.eval.features import EvalImages, feature_model, normalisation, normalise
 from sdmae.eval.labelled import labels_of, open_split
-from sdmae.eval.run import EncoderSpec
 
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
@@ -83,10 +83,7 @@ def main() -> None:
     a = ap.parse_args()
     dcfg, ecfg = load_config().data, load_eval_config([])
     train, test = open_split(a.train, dcfg, "--train"), open_split(a.test, dcfg, "--test")
-    name, size, seeds = a.random.split(":")
-    spec = EncoderSpec(init="random", overrides=[f"model.name={name}", f"model.img_size={size}"])
-    encoders = [(f"random seed {r}", spec.load(r)) for r in range(int(seeds))]
-    encoders += [(c, EncoderSpec(ckpt=c).load()) for c in a.ckpt]
+    encoders = named_encoders(a.random, a.ckpt)
     y_tr, y_te, out = labels_of(train), labels_of(test), {}
     for label, enc in encoders:
         model = feature_model(enc, "official")
