@@ -212,3 +212,20 @@ def test_the_stain_view_term_trains_under_two_processes(tiles, tmp_path):
     ck = weights(out)
     assert ck["step"] == 3 and ck["config"]["method"]["sd_view"] == "stain"
     assert_teacher_head_kept_student_head_trained(ck, "data.aug.hed_jitter=0.1", "method.sd_view=stain")
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_the_momentum_teacher_trains_under_two_processes(tiles, tmp_path):
+    """`method.sd_view=full` leaves the teacher head without gradients (DDP must take that) and moves the momentum
+    copy after every step, on each process from the same all-reduced weights."""
+    out = tmp_path / "mt"
+    r = launch(pretrain_args(tiles, out, 4, "method.sd_view=full", "train.max_steps=3"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = weights(out)
+    assert ck["step"] == 3 and ck["config"]["method"]["sd_view"] == "full"
+    assert_teacher_head_kept_student_head_trained(ck, "method.sd_view=full")
+    torch.manual_seed(3)
+    fresh = build_method(load_config(None, [*TINY, "method.sd_view=full"])).state_dict()
+    key = "momentum_branch.encoder.blocks.0.attn.qkv.weight"
+    assert not torch.equal(ck["model"][key], fresh[key])

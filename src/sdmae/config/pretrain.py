@@ -68,7 +68,8 @@ class MethodConfig:
     center_on: str = "probs"  # "probs" (official code) or "logits" (DINO)
     teacher_stop_grad: bool = False  # official code: gradients flow through the teacher branch too
     # "same" (official): the student is the encoder on the decoder's view; "stain": on the same crop and visible
-    # patches with data.aug's stain and colour jitter, while the reconstruction reads the crop without it
+    # patches with data.aug's stain and colour jitter, while the reconstruction reads the crop without it; "full":
+    # the teacher is a momentum copy (method.momentum, None: 0.99) reading every patch of the crop (MSN-like)
     sd_view: str = "same"
     target_norm: str = "per_channel"  # "per_channel" (official code), "joint" (MAE) or "none"; pixel-valued targets
     # masked patches' targets: "pixels" (paper), "gray" / "haematoxylin" (one channel), "hog" (MaskFeat),
@@ -77,7 +78,8 @@ class MethodConfig:
     target_block: int = 0  # random_features: the frozen random copy's tokens after this many blocks (0: all)
     head_shortcut: bool = True  # mean over tokens before the heads' linear last layer (exact)
     # MoCo v3 and DINO (docs/methods.md)
-    momentum: Optional[float] = None  # momentum encoder / EMA teacher, cosine to 1; None: 0.99 MoCo v3, 0.996 DINO
+    momentum: Optional[float] = None  # momentum encoder / EMA teacher, cosine to 1; None: 0.99 MoCo v3 and SD-MAE's
+    # sd_view full, 0.996 DINO
     moco_temp: float = 0.2  # InfoNCE temperature
     moco_dim: int = 256  # projector / predictor output
     moco_mlp_dim: int = 4096  # projector / predictor hidden width
@@ -215,7 +217,7 @@ def validate(cfg: Config) -> None:
         "model.init": ("official", "mae"),
         "method.name": ("sdmae", "mae", "mocov3", "dino"),
         "method.center_on": ("probs", "logits"),
-        "method.sd_view": ("same", "stain"),
+        "method.sd_view": ("same", "stain", "full"),
         "method.target_norm": ("per_channel", "joint", "none"),
         "method.target": ("pixels", "gray", "haematoxylin", "hog", "random_features"),
         "data.aug.crop": ("official", "mae", "none"),
@@ -240,14 +242,14 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_sd_view(cfg: Config) -> None:
-    """`method.sd_view=stain` needs SD-MAE's term and a jitter to teach across."""
+    """`method.sd_view` stain / full need SD-MAE's term; stain also needs a jitter to teach across."""
     m = cfg.method
     if m.sd_view == "same":
         return
     if m.name != "sdmae" or m.p == 0:
         raise ConfigError(f"config key 'method.sd_view' {m.sd_view} is used only by method.name sdmae with "
                           f"method.p > 0; here method.name is {m.name} and method.p {m.p}")
-    if not cfg.data.aug.jitters_colour:
+    if m.sd_view == "stain" and not cfg.data.aug.jitters_colour:
         raise ConfigError("config key 'method.sd_view' stain needs a stain or colour jitter to teach across: set "
                           "data.aug.hed_jitter or data.aug.color_jitter above 0")
 
