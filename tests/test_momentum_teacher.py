@@ -56,8 +56,8 @@ def test_only_the_student_branch_learns_and_the_copy_follows_it(tiny_overrides):
     with torch.no_grad():
         online.add_(1.0)
     m.after_optimizer_step(step=0, total=1000)  # cosine schedule: m(1) = 1 - 0.1 * (cos(pi / 1000) + 1) / 2
-    step = (1.0 - 0.1 * (torch.cos(torch.tensor(torch.pi / 1000)) + 1) / 2).item()
-    assert torch.allclose(teacher_w, step * before + (1 - step) * online, atol=1e-6)
+    m1 = (1.0 - 0.1 * (torch.cos(torch.tensor(torch.pi / 1000)) + 1) / 2).item()
+    assert torch.allclose(teacher_w, m1 * before + (1 - m1) * online, atol=1e-6)
 
 
 def test_the_copy_is_not_part_of_the_exported_encoder(tiny_overrides):
