@@ -11,9 +11,8 @@ from sdmae.methods.diagnostics import collapse_stats
 from sdmae.methods.ema import cosine_momentum, ema_update, frozen_copy, update_center
 from sdmae.methods.mae import MAE
 from sdmae.methods.masking import split_ids
+from sdmae.methods.mocov3 import DEFAULT_MOMENTUM as MOCO_MOMENTUM  # sd_view=full: short runs, as MoCo v3
 from sdmae.models import DINOHead
-
-DEFAULT_MOMENTUM = 0.99  # `sd_view=full`'s momentum teacher when method.momentum is unset (MoCo v3's, short runs)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, student_temp: float,
@@ -39,7 +38,7 @@ class SDMAE(MAE):
         self.s = s
         if s.sd_view == "full":  # built last: a copy of the initial draw of everything it holds
             self.momentum_branch = frozen_copy(self.online_branch())
-            self.base_momentum = DEFAULT_MOMENTUM if s.momentum is None else s.momentum
+            self.base_momentum = MOCO_MOMENTUM if s.momentum is None else s.momentum
 
     def has_unused_parameters(self) -> bool:
         """p = 0 trains no head; a stopped teacher gradient, or a momentum teacher, leaves the teacher head
