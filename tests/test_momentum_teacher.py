@@ -1,5 +1,6 @@
-"""`method.sd_view=full`: the SD-MAE teacher is a momentum copy of encoder, decoder and teacher head that reads every
-patch of the crop; the student is the encoder on the visible patches, as in the paper's term."""
+"""`method.sd_view=full`: the SD-MAE teacher is a momentum copy of encoder and decoder, with the (gradient-free)
+teacher head, that reads every patch of the crop; the student is the encoder on the visible patches, as in the
+paper's term."""
 import pytest
 import torch
 

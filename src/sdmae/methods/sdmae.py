@@ -57,8 +57,9 @@ class SDMAE(MAE):
             ema_update(self.momentum_branch, self.online_branch(), cosine_momentum(step + 1, total, self.base_momentum))
 
     def online_branch(self) -> nn.ModuleDict:
-        """What `sd_view=full`'s momentum teacher follows (the teacher head keeps its draw: it gets no gradient)."""
-        return nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder, "head": self.teacher_head})
+        """What `sd_view=full`'s momentum teacher follows. Not the teacher head: it gets no gradient, so it keeps
+        its draw and the teacher reads it as it is."""
+        return nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder})
 
     @torch.no_grad()
     def momentum_teacher(self, images: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,7 @@ class SDMAE(MAE):
         b = self.momentum_branch
         ids_all = torch.arange(self.encoder.num_patches, device=images.device).expand(images.shape[0], -1)
         _, h = b["decoder"](b["encoder"].forward_visible(images, ids_all), ids_all, ids_all[:, :0])
-        return b["head"].forward_mean(h, self.s.head_shortcut)
+        return self.teacher_head.forward_mean(h, self.s.head_shortcut)
 
     def forward(self, batch: dict) -> dict:
         z, h, loss_rec, parts = self.reconstruction(self.decoder_view(batch))
